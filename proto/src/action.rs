@@ -77,7 +77,10 @@ pub fn validate(action: Option<&Action>, prefix: &str) -> Vec<FieldViolation> {
 fn validate_call_api(call: &CallApiAction, prefix: &str) -> Vec<FieldViolation> {
     let mut out = Vec::new();
     let mut bad = |field: &str, description: String| {
-        out.push(FieldViolation::new(format!("{prefix}.{field}"), description))
+        out.push(FieldViolation::new(
+            format!("{prefix}.{field}"),
+            description,
+        ))
     };
 
     if !call.method.is_empty() && http::Method::from_bytes(call.method.as_bytes()).is_err() {
@@ -110,26 +113,38 @@ fn validate_call_api(call: &CallApiAction, prefix: &str) -> Vec<FieldViolation> 
             Ok(_) => {}
         }
         if http::HeaderValue::from_str(value).is_err() {
-            bad("headers", format!("the value of {name:?} is not a valid header value"));
+            bad(
+                "headers",
+                format!("the value of {name:?} is not a valid header value"),
+            );
         }
     }
     if let Some(Body::JsonBody(v)) = &call.body
         && v.kind.is_none()
     {
-        bad("json_body", "a JSON body must have a value (use null explicitly)".into());
+        bad(
+            "json_body",
+            "a JSON body must have a value (use null explicitly)".into(),
+        );
     }
     if let Some(t) = &call.timeout {
         match duration_to_ms(t) {
             Some(ms) if ms > 0 && ms <= MAX_CALL_API_TIMEOUT_MS => {}
             _ => bad(
                 "timeout",
-                format!("must be more than 0 and at most {}s", MAX_CALL_API_TIMEOUT_MS / 1000),
+                format!(
+                    "must be more than 0 and at most {}s",
+                    MAX_CALL_API_TIMEOUT_MS / 1000
+                ),
             ),
         }
     }
     for s in &call.accepted_statuses {
         if !(100..=599).contains(s) {
-            bad("accepted_statuses", format!("{s} is not an HTTP status (100-599)"));
+            bad(
+                "accepted_statuses",
+                format!("{s} is not an HTTP status (100-599)"),
+            );
         }
     }
     out
@@ -150,7 +165,10 @@ mod tests {
     }
 
     fn fields(action: Option<&Action>) -> Vec<String> {
-        validate(action, "action").into_iter().map(|v| v.field).collect()
+        validate(action, "action")
+            .into_iter()
+            .map(|v| v.field)
+            .collect()
     }
 
     #[test]
@@ -162,7 +180,10 @@ mod tests {
     fn each_problem_names_its_field() {
         assert_eq!(fields(None), ["action"]);
         assert_eq!(fields(Some(&Action { kind: None })), ["action"]);
-        assert_eq!(fields(Some(&call("ftp://example.com"))), ["action.call_api.url"]);
+        assert_eq!(
+            fields(Some(&call("ftp://example.com"))),
+            ["action.call_api.url"]
+        );
         assert_eq!(fields(Some(&call("not a url"))), ["action.call_api.url"]);
         assert_eq!(fields(Some(&call(""))), ["action.call_api.url"]);
         let task = Action {

@@ -46,7 +46,11 @@ mod tests {
         ];
         let status = invalid_argument(&sent);
         assert_eq!(status.code(), Code::InvalidArgument);
-        assert!(status.message().contains("schedule.max_runs: must be at least 1"));
+        assert!(
+            status
+                .message()
+                .contains("schedule.max_runs: must be at least 1")
+        );
         assert_eq!(field_violations(&status), sent);
     }
 }

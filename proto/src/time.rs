@@ -78,9 +78,15 @@ mod tests {
 
     #[test]
     fn sub_millisecond_parts_truncate_toward_the_past() {
-        let ts = Timestamp { seconds: -1, nanos: 999_999_999 };
+        let ts = Timestamp {
+            seconds: -1,
+            nanos: 999_999_999,
+        };
         assert_eq!(timestamp_to_ms(&ts), -1);
-        let ts = Timestamp { seconds: 5, nanos: 1_999_999 };
+        let ts = Timestamp {
+            seconds: 5,
+            nanos: 1_999_999,
+        };
         assert_eq!(timestamp_to_ms(&ts), 5_001);
     }
 
@@ -88,8 +94,20 @@ mod tests {
     fn durations_convert_and_reject_mixed_signs() {
         assert_eq!(duration_to_ms(&ms_to_duration(1_500)), Some(1_500));
         assert_eq!(duration_to_ms(&ms_to_duration(-1_500)), Some(-1_500));
-        assert_eq!(duration_to_ms(&Duration { seconds: 1, nanos: -1 }), None);
-        assert_eq!(duration_to_ms(&Duration { seconds: i64::MAX, nanos: 0 }), None);
+        assert_eq!(
+            duration_to_ms(&Duration {
+                seconds: 1,
+                nanos: -1
+            }),
+            None
+        );
+        assert_eq!(
+            duration_to_ms(&Duration {
+                seconds: i64::MAX,
+                nanos: 0
+            }),
+            None
+        );
     }
 
     #[test]

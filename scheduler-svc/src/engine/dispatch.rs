@@ -1,0 +1,296 @@
+//! The dispatcher: sends each PENDING attempt to the executor and follows its event
+//! stream until the execution finishes, writing what it learns to the ledger. An
+//! unreachable executor or a broken stream is not a failure of the run: the same
+//! attempt is sent again with the same key (DESIGN §4.4), re-attaching from the last seq.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::clock::Clock;
+use super::executor::{CallError, ExecEvent, ExecuteCall, ExecutorClient};
+use super::ledger_writer::LedgerWriter;
+use crate::model::{AttemptOutcome, DispatchJob, RunStatus};
+use crate::store::{LedgerUpdate, SchedulerStore};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Sends attempts and follows them.
+pub struct Dispatcher {
+    store: Arc<dyn SchedulerStore>,
+    clock: Arc<dyn Clock>,
+    client: Arc<dyn ExecutorClient>,
+    /// Runs with a dispatch task: filled before the task is spawned. A cache that
+    /// avoids duplicate tasks in this process, never the judge of overlap.
+    registry: Mutex<HashSet<String>>,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+    state: Mutex<Option<Running>>,
+}
+
+struct Running {
+    cancel: CancellationToken,
+    writer: LedgerWriter,
+    writer_stop: CancellationToken,
+    writer_task: tokio::task::JoinHandle<()>,
+}
+
+impl Dispatcher {
+    /// A dispatcher allowing `max_in_flight` attempts at once.
+    pub fn new(
+        store: Arc<dyn SchedulerStore>,
+        clock: Arc<dyn Clock>,
+        client: Arc<dyn ExecutorClient>,
+        max_in_flight: usize,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            clock,
+            client,
+            registry: Mutex::new(HashSet::new()),
+            permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            tracker: TaskTracker::new(),
+            state: Mutex::new(None),
+        })
+    }
+
+    /// Starts the ledger writer; dispatch tasks stop when `cancel` is cancelled.
+    pub fn start(&self, cancel: CancellationToken) {
+        let writer_stop = CancellationToken::new();
+        let (writer, writer_task) = LedgerWriter::spawn(self.store.clone(), writer_stop.clone());
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(Running {
+            cancel,
+            writer,
+            writer_stop,
+            writer_task,
+        });
+    }
+
+    /// Whether a dispatch task for `run_id` is live in this process.
+    pub fn is_dispatching(&self, run_id: &str) -> bool {
+        self.registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(run_id)
+    }
+
+    /// Dispatches a run's current attempt unless this process already is.
+    pub fn dispatch(self: &Arc<Self>, run_id: String) {
+        let (cancel, writer) = {
+            let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(running) = state.as_ref() else {
+                tracing::warn!(run_id = %run_id, "dispatcher not started; recovery will dispatch the run");
+                return;
+            };
+            (running.cancel.clone(), running.writer.clone())
+        };
+        if cancel.is_cancelled()
+            || !self
+                .registry
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(run_id.clone())
+        {
+            return;
+        }
+        let this = self.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                () = this.drive(&run_id, &writer) => {}
+                () = cancel.cancelled() => {}
+            }
+            this.registry
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&run_id);
+        });
+    }
+
+    /// Waits until every dispatch task has stopped, then lets the ledger writer flush,
+    /// both within `deadline`.
+    pub async fn stopped(&self, deadline: Duration) {
+        self.tracker.close();
+        let _ = tokio::time::timeout(deadline, self.tracker.wait()).await;
+        let running = self.state.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(running) = running {
+            running.writer_stop.cancel();
+            drop(running.writer);
+            let _ = tokio::time::timeout(deadline, running.writer_task).await;
+        }
+    }
+
+    /// Sends the run's current attempt until its execution finishes or the run is gone.
+    async fn drive(&self, run_id: &str, writer: &LedgerWriter) {
+        let mut backoff = MIN_BACKOFF;
+        let mut seen_seq = 0u64;
+        loop {
+            let job = match self.store.dispatch_job(run_id).await {
+                Ok(Some(job)) if job.status.is_in_flight() => job,
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(run_id, error = %e, "cannot read run to dispatch; retrying");
+                    backoff = pause(backoff).await;
+                    continue;
+                }
+            };
+            while self.clock.now_ms() < job.dispatch_after_ms {
+                self.clock.sleep_until(job.dispatch_after_ms).await;
+            }
+            let Ok(_permit) = self.permits.acquire().await else {
+                return;
+            };
+            seen_seq = seen_seq.max(job.last_seq);
+            match self.follow(&job, seen_seq, writer).await {
+                Followed::Finished => return,
+                Followed::Broken { seq, error } => {
+                    if seq > seen_seq {
+                        backoff = MIN_BACKOFF;
+                    }
+                    seen_seq = seen_seq.max(seq);
+                    tracing::warn!(run_id, attempt = job.attempt, error = %error,
+                        "executor unreachable or stream broken; sending the same attempt again");
+                    drop(_permit);
+                    backoff = pause(backoff).await;
+                }
+            }
+        }
+    }
+
+    /// One Execute call: the events it brings, written to the ledger.
+    async fn follow(&self, job: &DispatchJob, after_seq: u64, writer: &LedgerWriter) -> Followed {
+        let call = ExecuteCall {
+            key: job.execution_key.clone(),
+            action: job.action.clone(),
+            deadline_ms: job.deadline_ms,
+            schedule_id: job.schedule_id.clone(),
+            run_id: job.run_id.clone(),
+            nominal_ms: job.nominal_ms,
+            attempt: job.attempt,
+            after_seq,
+        };
+        let mut stream = match self.client.execute(call).await {
+            Ok(stream) => stream,
+            Err(CallError::Transient(error)) => {
+                return Followed::Broken {
+                    seq: after_seq,
+                    error,
+                };
+            }
+            Err(CallError::Rejected(error)) => {
+                tracing::error!(run_id = %job.run_id, attempt = job.attempt, error = %error,
+                    "executor refused the attempt; the run fails");
+                self.finish(
+                    job,
+                    writer,
+                    RunStatus::Failed,
+                    Some(format!("executor refused the attempt: {error}")),
+                    None,
+                    false,
+                    after_seq,
+                )
+                .await;
+                return Followed::Finished;
+            }
+        };
+        let mut seq = after_seq;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(ExecEvent::Started {
+                    seq: s,
+                    execution_id,
+                    at_ms,
+                }) => {
+                    seq = seq.max(s);
+                    writer.submit(LedgerUpdate::Started {
+                        run_id: job.run_id.clone(),
+                        attempt: job.attempt,
+                        execution_id,
+                        started_ms: at_ms,
+                        last_seq: s,
+                    });
+                }
+                Ok(ExecEvent::Finished {
+                    seq: s,
+                    at_ms,
+                    status,
+                    error,
+                    result,
+                    retryable,
+                }) => {
+                    let outcome = AttemptOutcome {
+                        status,
+                        error,
+                        result,
+                        retryable,
+                        finished_ms: at_ms,
+                        last_seq: s,
+                    };
+                    let update = LedgerUpdate::Finished {
+                        run_id: job.run_id.clone(),
+                        attempt: job.attempt,
+                        outcome,
+                    };
+                    if writer.commit(update).await {
+                        tracing::info!(run_id = %job.run_id, attempt = job.attempt, status = ?status, "run finished");
+                    }
+                    return Followed::Finished;
+                }
+                Ok(ExecEvent::Other { seq: s }) => seq = seq.max(s),
+                Err(e) => {
+                    return Followed::Broken {
+                        seq,
+                        error: e.to_string(),
+                    };
+                }
+            }
+        }
+        Followed::Broken {
+            seq,
+            error: "event stream ended before the execution finished".into(),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        &self,
+        job: &DispatchJob,
+        writer: &LedgerWriter,
+        status: RunStatus,
+        error: Option<String>,
+        result: Option<serde_json::Value>,
+        retryable: bool,
+        last_seq: u64,
+    ) {
+        let outcome = AttemptOutcome {
+            status,
+            error,
+            result,
+            retryable,
+            finished_ms: self.clock.now_ms(),
+            last_seq,
+        };
+        writer
+            .commit(LedgerUpdate::Finished {
+                run_id: job.run_id.clone(),
+                attempt: job.attempt,
+                outcome,
+            })
+            .await;
+    }
+}
+
+enum Followed {
+    Finished,
+    Broken { seq: u64, error: String },
+}
+
+async fn pause(backoff: Duration) -> Duration {
+    tokio::time::sleep(backoff).await;
+    (backoff * 2).min(MAX_BACKOFF)
+}

@@ -1,0 +1,594 @@
+//! Pure decisions of the ledger (DESIGN §4.3–4.4): which rows a due schedule writes, how
+//! missed fires are caught up, what overlap allows, when a schedule completes. No I/O:
+//! the store calls these inside the transaction that writes their result.
+
+use uuid::Uuid;
+
+use crate::model::{Misfire, MissedRange, Overlap, RunStatus, Schedule, Trigger};
+use crate::spec::{CompiledSpec, jitter_ms};
+
+/// More individual rows than this for one kind of outcome in one claim are folded, the
+/// oldest first, into one row that stands for a range.
+pub const ROW_CAP: usize = 1_000;
+/// At most this many fires are enumerated to count a missed range; past it the count
+/// is a lower bound and the reason says so.
+pub const ENUMERATION_CAP: i64 = 2_000_000;
+
+/// A ledger row to insert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRun {
+    pub id: String,
+    pub nominal_ms: i64,
+    pub trigger: Trigger,
+    /// PENDING (to dispatch), SKIPPED or MISSED.
+    pub status: RunStatus,
+    pub dispatch_after_ms: Option<i64>,
+    /// The first attempt's deadline (PENDING rows only).
+    pub deadline_ms: Option<i64>,
+    pub reason: Option<String>,
+    pub coalesced_into: Option<String>,
+    pub missed: Option<MissedRange>,
+    pub request_id: Option<String>,
+}
+
+impl NewRun {
+    fn new(nominal_ms: i64, trigger: Trigger, status: RunStatus) -> Self {
+        Self {
+            id: Uuid::now_v7().to_string(),
+            nominal_ms,
+            trigger,
+            status,
+            dispatch_after_ms: None,
+            deadline_ms: None,
+            reason: None,
+            coalesced_into: None,
+            missed: None,
+            request_id: None,
+        }
+    }
+}
+
+/// What a claim of one due schedule writes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FirePlan {
+    /// Rows in nominal order.
+    pub runs: Vec<NewRun>,
+    /// The schedule's next fire after this claim.
+    pub next_fire_ms: Option<i64>,
+    /// Set when the schedule has nothing left to fire.
+    pub completed: Option<String>,
+    /// Dispatched runs that count against `max_runs`.
+    pub counted: i64,
+}
+
+/// The inputs of [`plan_due`].
+pub struct DueContext<'a> {
+    pub schedule: &'a Schedule,
+    pub spec: &'a CompiledSpec,
+    pub now_ms: i64,
+    /// When this scheduler process started: fires due before it were missed.
+    pub boot_ms: i64,
+    /// A run of the schedule that is in flight (PENDING or RUNNING), read from the ledger.
+    pub in_flight: Option<String>,
+}
+
+/// The rows a due schedule writes and its next fire.
+///
+/// A due fire is *missed* when it was due before this process started or is older than
+/// the catch-up window; other due fires run as SCHEDULED, however late. Missed fires older
+/// than the window become one MISSED range row; those inside it follow `misfire`.
+pub fn plan_due(ctx: &DueContext<'_>) -> FirePlan {
+    let s = ctx.schedule;
+    let window = s.policy.catchup.window_ms.max(0);
+    let mut old: Option<MissedRange> = None;
+    let mut old_truncated = false;
+    let mut recent: Vec<i64> = Vec::new();
+    let mut on_time: Vec<i64> = Vec::new();
+    let mut next = s.next_fire_ms;
+    let mut steps = 0i64;
+    while let Some(f) = next {
+        if f > ctx.now_ms || s.policy.end_ms.is_some_and(|end| f > end) {
+            break;
+        }
+        if ctx.now_ms - f > window {
+            let r = old.get_or_insert(MissedRange {
+                first_ms: f,
+                last_ms: f,
+                count: 0,
+            });
+            r.last_ms = f;
+            r.count += 1;
+            steps += 1;
+            if steps >= ENUMERATION_CAP {
+                old_truncated = true;
+                next = ctx.spec.next_at_or_after(ctx.now_ms - window);
+                continue;
+            }
+        } else if f < ctx.boot_ms {
+            recent.push(f);
+        } else {
+            on_time.push(f);
+        }
+        next = ctx.spec.next_after(f);
+    }
+
+    let mut plan = FirePlan::default();
+    if let Some(range) = old {
+        let mut row = NewRun::new(range.first_ms, Trigger::Recovery, RunStatus::Missed);
+        row.reason = Some(format!(
+            "{}{} fire(s) missed, older than the catch-up window of {}",
+            if old_truncated { "at least " } else { "" },
+            range.count,
+            human_ms(window)
+        ));
+        row.missed = Some(range);
+        plan.runs.push(row);
+    }
+
+    // Candidates to dispatch, oldest first: nominal time, trigger, and an id chosen early
+    // when other rows must name the run.
+    let mut candidates: Vec<(i64, Trigger, Option<String>)> = Vec::new();
+    match s.policy.catchup.misfire {
+        Misfire::RunOnce => {
+            if let Some((&latest, older)) = recent.split_last() {
+                let id = Uuid::now_v7().to_string();
+                let reason =
+                    format!("missed while the scheduler was down; coalesced into run {id}");
+                push_skipped(&mut plan, older, &reason, Some(&id));
+                candidates.push((latest, Trigger::Recovery, Some(id)));
+            }
+        }
+        Misfire::RunAll => {
+            let cap = s.policy.catchup.max_catchup.max(1) as usize;
+            let (beyond, kept) = recent.split_at(recent.len().saturating_sub(cap));
+            if let (Some(&first), Some(&last)) = (beyond.first(), beyond.last()) {
+                let mut row = NewRun::new(first, Trigger::Recovery, RunStatus::Missed);
+                row.reason = Some(format!(
+                    "{} missed fire(s) beyond max_catchup ({cap})",
+                    beyond.len()
+                ));
+                row.missed = Some(MissedRange {
+                    first_ms: first,
+                    last_ms: last,
+                    count: beyond.len() as i64,
+                });
+                plan.runs.push(row);
+            }
+            candidates.extend(kept.iter().map(|&f| (f, Trigger::Recovery, None)));
+        }
+        Misfire::Skip => push_skipped(
+            &mut plan,
+            &recent,
+            "missed while the scheduler was down (misfire SKIP)",
+            None,
+        ),
+    }
+    candidates.extend(on_time.iter().map(|&f| (f, Trigger::Scheduled, None)));
+
+    let mut in_flight = ctx.in_flight.clone();
+    for (nominal, trigger, id) in candidates {
+        if max_runs_reached(s, plan.counted) {
+            break;
+        }
+        let mut row = NewRun::new(nominal, trigger, RunStatus::Pending);
+        if let Some(id) = id {
+            row.id = id;
+        }
+        match decide_overlap(s.policy.overlap, in_flight.as_deref()) {
+            Some(reason) => {
+                row.status = RunStatus::Skipped;
+                row.reason = Some(reason);
+            }
+            None => {
+                let after = nominal + jitter_ms(&s.id, nominal, s.policy.jitter_ms);
+                row.dispatch_after_ms = Some(after);
+                row.deadline_ms = s.policy.timeout_ms.map(|t| after + t);
+                in_flight = Some(row.id.clone());
+                plan.counted += 1;
+            }
+        }
+        plan.runs.push(row);
+    }
+
+    plan.next_fire_ms = next.filter(|&f| s.policy.end_ms.is_none_or(|end| f <= end));
+    if max_runs_reached(s, plan.counted) {
+        plan.next_fire_ms = None;
+        plan.completed = Some(format!(
+            "max_runs ({}) reached",
+            s.policy.max_runs.unwrap_or_default()
+        ));
+    } else if plan.next_fire_ms.is_none() {
+        plan.completed = Some(no_fire_left_reason(s));
+    }
+    plan
+}
+
+/// The manual run a trigger writes: PENDING now, or SKIPPED when overlap says no.
+pub fn plan_manual(
+    schedule: &Schedule,
+    in_flight: Option<&str>,
+    now_ms: i64,
+    request_id: Option<String>,
+    overlap_override: Option<Overlap>,
+) -> NewRun {
+    let mut row = NewRun::new(now_ms, Trigger::Manual, RunStatus::Pending);
+    row.request_id = request_id;
+    match decide_overlap(
+        overlap_override.unwrap_or(schedule.policy.overlap),
+        in_flight,
+    ) {
+        Some(reason) => {
+            row.status = RunStatus::Skipped;
+            row.reason = Some(reason);
+        }
+        None => {
+            row.dispatch_after_ms = Some(now_ms);
+            row.deadline_ms = schedule.policy.timeout_ms.map(|t| now_ms + t);
+        }
+    }
+    row
+}
+
+/// `Some(reason)` when the policy says the new run must not start.
+fn decide_overlap(policy: Overlap, in_flight: Option<&str>) -> Option<String> {
+    match (policy, in_flight) {
+        (Overlap::AllowAll, _) | (_, None) => None,
+        (_, Some(other)) => Some(format!("overlap policy SKIP: run {other} was in flight")),
+    }
+}
+
+fn max_runs_reached(s: &Schedule, counted_now: i64) -> bool {
+    s.policy
+        .max_runs
+        .is_some_and(|max| s.run_count + counted_now >= max)
+}
+
+fn no_fire_left_reason(s: &Schedule) -> String {
+    match (&s.spec, s.policy.end_ms) {
+        (crate::spec::Spec::Once { .. }, _) => "the one fire of a once spec is done".into(),
+        (_, Some(_)) => "end_time passed".into(),
+        _ => "the spec has no fire left".into(),
+    }
+}
+
+/// The next fire of a schedule from `from_ms` on (at create, resume and spec change), or
+/// the reason it has none.
+pub fn first_fire(s: &Schedule, spec: &CompiledSpec, from_ms: i64) -> Result<i64, String> {
+    if max_runs_reached(s, 0) {
+        return Err(format!(
+            "max_runs ({}) reached",
+            s.policy.max_runs.unwrap_or_default()
+        ));
+    }
+    let from = s
+        .policy
+        .start_ms
+        .map_or(from_ms, |start| start.max(from_ms));
+    match spec.next_at_or_after(from) {
+        Some(f) if s.policy.end_ms.is_none_or(|end| f <= end) => Ok(f),
+        _ => Err(no_fire_left_reason(s)),
+    }
+}
+
+/// Records `fires` SKIPPED, folding all but the newest `ROW_CAP - 1` into one range row.
+fn push_skipped(plan: &mut FirePlan, fires: &[i64], reason: &str, into: Option<&String>) {
+    let fold = fires.len().saturating_sub(ROW_CAP - 1);
+    let (folded, single) = if fires.len() > ROW_CAP {
+        fires.split_at(fold)
+    } else {
+        (&fires[..0], fires)
+    };
+    if let (Some(&first), Some(&last)) = (folded.first(), folded.last()) {
+        let mut row = NewRun::new(first, Trigger::Recovery, RunStatus::Skipped);
+        row.reason = Some(reason.to_string());
+        row.coalesced_into = into.cloned();
+        row.missed = Some(MissedRange {
+            first_ms: first,
+            last_ms: last,
+            count: folded.len() as i64,
+        });
+        plan.runs.push(row);
+    }
+    for &f in single {
+        let mut row = NewRun::new(f, Trigger::Recovery, RunStatus::Skipped);
+        row.reason = Some(reason.to_string());
+        row.coalesced_into = into.cloned();
+        plan.runs.push(row);
+    }
+}
+
+/// "1m", "90s", "250ms": for reasons people read.
+pub fn human_ms(ms: i64) -> String {
+    if ms % 60_000 == 0 && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1_000 == 0 {
+        format!("{}s", ms / 1_000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Catchup, Policy, ScheduleState};
+    use crate::spec::Spec;
+    use almanac_proto::executor::v1::Action;
+
+    fn every_second(next_fire_ms: i64, policy: Policy) -> Schedule {
+        Schedule {
+            id: "s".into(),
+            display_name: String::new(),
+            description: String::new(),
+            spec: Spec::Interval {
+                every_ms: 1_000,
+                offset_ms: 0,
+            },
+            action: Action::default(),
+            policy,
+            state: ScheduleState::Active,
+            pause: None,
+            next_fire_ms: Some(next_fire_ms),
+            run_count: 0,
+            version: 1,
+            request_id: None,
+            completion_reason: None,
+            created_ms: 0,
+            updated_ms: 0,
+        }
+    }
+
+    fn plan(s: &Schedule, now_ms: i64, boot_ms: i64, in_flight: Option<&str>) -> FirePlan {
+        let spec = s.spec.compile().unwrap();
+        plan_due(&DueContext {
+            schedule: s,
+            spec: &spec,
+            now_ms,
+            boot_ms,
+            in_flight: in_flight.map(String::from),
+        })
+    }
+
+    /// (nominal, trigger, status) of every row, for compact assertions.
+    fn rows(p: &FirePlan) -> Vec<(i64, Trigger, RunStatus)> {
+        p.runs
+            .iter()
+            .map(|r| (r.nominal_ms, r.trigger, r.status))
+            .collect()
+    }
+
+    #[test]
+    fn a_fire_due_after_boot_runs_as_scheduled_and_the_next_fire_advances() {
+        let s = every_second(10_000, Policy::default());
+        let p = plan(&s, 10_003, 0, None);
+        assert_eq!(rows(&p), [(10_000, Trigger::Scheduled, RunStatus::Pending)]);
+        assert_eq!(p.next_fire_ms, Some(11_000));
+        assert_eq!(p.counted, 1);
+        assert_eq!(p.runs[0].dispatch_after_ms, Some(10_000));
+    }
+
+    #[test]
+    fn late_fires_after_boot_all_run_however_late_inside_the_window() {
+        let s = every_second(
+            10_000,
+            Policy {
+                overlap: Overlap::AllowAll,
+                ..Policy::default()
+            },
+        );
+        let p = plan(&s, 12_500, 0, None);
+        assert_eq!(
+            rows(&p),
+            [
+                (10_000, Trigger::Scheduled, RunStatus::Pending),
+                (11_000, Trigger::Scheduled, RunStatus::Pending),
+                (12_000, Trigger::Scheduled, RunStatus::Pending),
+            ]
+        );
+    }
+
+    #[test]
+    fn run_once_runs_the_latest_missed_fire_and_coalesces_the_others_into_it() {
+        let s = every_second(1_000, Policy::default());
+        let p = plan(&s, 5_600, 5_500, None);
+        let recovery = &p.runs.last().unwrap();
+        assert_eq!(
+            (recovery.nominal_ms, recovery.trigger, recovery.status),
+            (5_000, Trigger::Recovery, RunStatus::Pending)
+        );
+        let skipped: Vec<_> = p.runs[..4]
+            .iter()
+            .map(|r| (r.nominal_ms, r.status, r.coalesced_into.clone()))
+            .collect();
+        for (i, (nominal, status, into)) in skipped.into_iter().enumerate() {
+            assert_eq!(nominal, 1_000 * (i as i64 + 1));
+            assert_eq!(status, RunStatus::Skipped);
+            assert_eq!(into.as_deref(), Some(recovery.id.as_str()));
+        }
+        assert_eq!(p.next_fire_ms, Some(6_000));
+    }
+
+    #[test]
+    fn fires_older_than_the_window_become_one_missed_range() {
+        let s = every_second(0, Policy::default());
+        // Down from 0 to 199.0 s; the window is 60 s.
+        let p = plan(&s, 200_000, 199_000, None);
+        let missed = &p.runs[0];
+        assert_eq!(missed.status, RunStatus::Missed);
+        assert_eq!(
+            missed.missed,
+            Some(MissedRange {
+                first_ms: 0,
+                last_ms: 139_000,
+                count: 140
+            })
+        );
+        let by_status = |st| p.runs.iter().filter(|r| r.status == st).count();
+        // 140_000..=197_000 coalesced, 198_000 recovery, 199_000 and 200_000 skipped by
+        // the default SKIP overlap because the recovery run is in flight.
+        assert_eq!(by_status(RunStatus::Pending), 1);
+        assert_eq!(by_status(RunStatus::Skipped), 58 + 2);
+        let total: i64 = p.runs.iter().map(|r| r.missed.map_or(1, |m| m.count)).sum();
+        assert_eq!(
+            total, 201,
+            "every nominal time from 0 to 200 s is accounted for once"
+        );
+    }
+
+    #[test]
+    fn run_all_runs_each_missed_fire_up_to_max_catchup_oldest_first() {
+        let policy = Policy {
+            overlap: Overlap::AllowAll,
+            catchup: Catchup {
+                misfire: Misfire::RunAll,
+                max_catchup: 3,
+                ..Catchup::default()
+            },
+            ..Policy::default()
+        };
+        let s = every_second(1_000, policy);
+        let p = plan(&s, 5_100, 5_050, None);
+        assert_eq!(
+            rows(&p),
+            [
+                (1_000, Trigger::Recovery, RunStatus::Missed),
+                (3_000, Trigger::Recovery, RunStatus::Pending),
+                (4_000, Trigger::Recovery, RunStatus::Pending),
+                (5_000, Trigger::Recovery, RunStatus::Pending),
+            ]
+        );
+        assert_eq!(p.runs[0].missed.unwrap().count, 2);
+    }
+
+    #[test]
+    fn misfire_skip_records_each_missed_fire_and_runs_none() {
+        let policy = Policy {
+            catchup: Catchup {
+                misfire: Misfire::Skip,
+                ..Catchup::default()
+            },
+            ..Policy::default()
+        };
+        let p = plan(&every_second(1_000, policy), 3_100, 3_050, None);
+        assert_eq!(
+            rows(&p),
+            [
+                (1_000, Trigger::Recovery, RunStatus::Skipped),
+                (2_000, Trigger::Recovery, RunStatus::Skipped),
+                (3_000, Trigger::Recovery, RunStatus::Skipped),
+            ]
+        );
+        assert_eq!(p.counted, 0);
+    }
+
+    #[test]
+    fn skip_overlap_skips_while_a_run_is_in_flight_and_allow_all_does_not() {
+        let p = plan(
+            &every_second(1_000, Policy::default()),
+            1_000,
+            0,
+            Some("other"),
+        );
+        assert_eq!(rows(&p), [(1_000, Trigger::Scheduled, RunStatus::Skipped)]);
+        assert!(p.runs[0].reason.as_deref().unwrap().contains("other"));
+        let allow = Policy {
+            overlap: Overlap::AllowAll,
+            ..Policy::default()
+        };
+        let p = plan(&every_second(1_000, allow), 1_000, 0, Some("other"));
+        assert_eq!(rows(&p), [(1_000, Trigger::Scheduled, RunStatus::Pending)]);
+    }
+
+    #[test]
+    fn max_runs_completes_the_schedule_and_stops_writing_rows() {
+        let policy = Policy {
+            max_runs: Some(3),
+            overlap: Overlap::AllowAll,
+            ..Policy::default()
+        };
+        let mut s = every_second(1_000, policy);
+        s.run_count = 2;
+        let p = plan(&s, 2_000, 0, None);
+        assert_eq!(rows(&p), [(1_000, Trigger::Scheduled, RunStatus::Pending)]);
+        assert_eq!(p.next_fire_ms, None);
+        assert_eq!(p.completed.as_deref(), Some("max_runs (3) reached"));
+    }
+
+    #[test]
+    fn end_time_bounds_the_fires_and_completes_the_schedule() {
+        let policy = Policy {
+            end_ms: Some(2_000),
+            overlap: Overlap::AllowAll,
+            ..Policy::default()
+        };
+        let p = plan(&every_second(1_000, policy), 5_000, 0, None);
+        assert_eq!(p.runs.len(), 2);
+        assert_eq!(p.next_fire_ms, None);
+        assert_eq!(p.completed.as_deref(), Some("end_time passed"));
+    }
+
+    #[test]
+    fn jitter_delays_dispatch_but_never_moves_the_nominal_time() {
+        let policy = Policy {
+            jitter_ms: 500,
+            timeout_ms: Some(10_000),
+            ..Policy::default()
+        };
+        let p = plan(&every_second(7_000, policy), 7_000, 0, None);
+        let run = &p.runs[0];
+        assert_eq!(run.nominal_ms, 7_000);
+        let after = run.dispatch_after_ms.unwrap();
+        assert!((7_000..7_500).contains(&after), "{after}");
+        assert_eq!(run.deadline_ms, Some(after + 10_000));
+        let again = plan(&every_second(7_000, p_policy_with_jitter()), 7_000, 0, None);
+        assert_eq!(
+            again.runs[0].dispatch_after_ms,
+            Some(after),
+            "the same fire, the same delay"
+        );
+    }
+
+    fn p_policy_with_jitter() -> Policy {
+        Policy {
+            jitter_ms: 500,
+            timeout_ms: Some(10_000),
+            ..Policy::default()
+        }
+    }
+
+    #[test]
+    fn a_manual_run_follows_the_overlap_policy_unless_overridden() {
+        let s = every_second(1_000, Policy::default());
+        let run = plan_manual(&s, Some("busy"), 42, Some("r1".into()), None);
+        assert_eq!(
+            (run.trigger, run.status),
+            (Trigger::Manual, RunStatus::Skipped)
+        );
+        let run = plan_manual(&s, Some("busy"), 42, None, Some(Overlap::AllowAll));
+        assert_eq!(
+            (run.status, run.dispatch_after_ms),
+            (RunStatus::Pending, Some(42))
+        );
+    }
+
+    #[test]
+    fn first_fire_respects_start_end_and_max_runs() {
+        let mut s = every_second(
+            0,
+            Policy {
+                start_ms: Some(5_500),
+                ..Policy::default()
+            },
+        );
+        let spec = s.spec.compile().unwrap();
+        assert_eq!(first_fire(&s, &spec, 1_000), Ok(6_000));
+        s.policy.end_ms = Some(5_900);
+        assert!(first_fire(&s, &spec, 1_000).is_err());
+        s.policy = Policy {
+            max_runs: Some(1),
+            ..Policy::default()
+        };
+        s.run_count = 1;
+        assert_eq!(first_fire(&s, &spec, 0), Err("max_runs (1) reached".into()));
+    }
+}

@@ -1,0 +1,92 @@
+//! Wires the scheduler together and serves it: store, executor client, engine, and the
+//! gRPC services (scheduler, health, reflection v1 and v1alpha) on a bound listener.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use almanac_proto::scheduler::v1::scheduler_service_server::SchedulerServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::engine::clock::{Clock, SystemClock};
+use crate::grpc::executor_client::GrpcExecutorClient;
+use crate::grpc::service::SchedulerApi;
+use crate::store::{SqliteStore, StoreError};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot open the store")]
+    Store(#[from] StoreError),
+    #[error("bad executor endpoint {endpoint:?}")]
+    Endpoint {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("cannot build the reflection service")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server failed")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves the scheduler on `listener` with the system clock until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    run_with_clock(config, Arc::new(SystemClock), listener, shutdown).await
+}
+
+/// Serves the scheduler with an injected clock (tests drive time by hand).
+pub async fn run_with_clock(
+    config: Config,
+    clock: Arc<dyn Clock>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let store = Arc::new(SqliteStore::open(&config.database_path, config.synchronous_full).await?);
+    let client = GrpcExecutorClient::connect_lazy(&config.executor_endpoint).map_err(|source| {
+        ServerError::Endpoint {
+            endpoint: config.executor_endpoint.clone(),
+            source,
+        }
+    })?;
+    let engine = Engine::new(store, clock, Arc::new(client), config.engine.clone());
+    let background = CancellationToken::new();
+    engine.start(background.clone()).await?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<SchedulerServiceServer<SchedulerApi>>()
+        .await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(almanac_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    tracing::info!(address = ?listener.local_addr().ok(), executor = %config.executor_endpoint,
+        database = %config.database_path.display(), "scheduler serving");
+    let served = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(SchedulerServiceServer::new(SchedulerApi::new(
+            engine.clone(),
+        )))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    tracing::info!("scheduler stopping: no new fires; waiting for dispatches and ledger writes");
+    background.cancel();
+    engine.stopped(config.shutdown_grace).await;
+    tracing::info!("scheduler stopped");
+    served.map_err(ServerError::from)
+}
