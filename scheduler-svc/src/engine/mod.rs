@@ -8,6 +8,7 @@ pub mod executor;
 pub mod ledger_writer;
 pub mod policy;
 pub mod recovery;
+pub mod runs;
 pub mod schedules;
 pub mod spec_cache;
 pub mod timer;
