@@ -1,0 +1,125 @@
+//! The action dispatch table (DESIGN §5.2): a registry maps each action kind's name to its
+//! handler. A handler returns an output or an `ActionError` that says whether retrying can
+//! help. Adding a kind is adding a handler; a kind without one is refused at `Execute`.
+
+pub mod call_api;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use almanac_proto::executor::v1::{Origin, action::Kind};
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// What a handler knows about the work it runs.
+#[derive(Debug, Clone)]
+pub struct ActionContext {
+    /// The execution.
+    pub execution_id: String,
+    /// The execution's key: sent as `Idempotency-Key`, the same on every attempt.
+    pub idempotency_key: String,
+    /// The node being run ("action" for a single action).
+    pub node_id: String,
+    /// The node attempt, from 1.
+    pub attempt: u32,
+    /// Where the work comes from (schedule id, run id, nominal time, run attempt).
+    pub origin: Option<Origin>,
+    /// When the execution must be over.
+    pub deadline_ms: Option<i64>,
+    /// Now, when the attempt starts (from the injected clock).
+    pub now_ms: i64,
+}
+
+impl ActionContext {
+    /// Milliseconds left before the deadline, if there is one (never negative).
+    pub fn remaining_ms(&self) -> Option<i64> {
+        self.deadline_ms.map(|d| (d - self.now_ms).max(0))
+    }
+}
+
+/// Why an action failed, and whether trying again (with the same key) can help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ActionError {
+    /// What went wrong, for people.
+    pub message: String,
+    /// Whether a retry might succeed (a transient failure) or cannot (a permanent one).
+    pub retryable: bool,
+}
+
+impl ActionError {
+    /// A failure that a retry may fix (connect errors, timeouts, 5xx, 408, 429).
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+
+    /// A failure that a retry cannot fix (bad configuration, 4xx).
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+}
+
+/// Runs one kind of action.
+#[async_trait]
+pub trait ActionHandler: Send + Sync {
+    /// The kind's name, as in `almanac_proto::action::kind_name`.
+    fn kind(&self) -> &'static str;
+
+    /// Runs the action once. `cancel` fires when the work must stop (terminate, deadline,
+    /// shutdown); the runner also stops polling the future then, so a handler only needs
+    /// to watch `cancel` for clean-up that dropping the future cannot do.
+    async fn run(
+        &self,
+        ctx: &ActionContext,
+        action: &Kind,
+        cancel: CancellationToken,
+    ) -> Result<Value, ActionError>;
+}
+
+/// The dispatch table: action kind name → handler.
+#[derive(Clone, Default)]
+pub struct ActionRegistry {
+    handlers: HashMap<&'static str, Arc<dyn ActionHandler>>,
+}
+
+impl std::fmt::Debug for ActionRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut kinds: Vec<_> = self.handlers.keys().collect();
+        kinds.sort();
+        f.debug_struct("ActionRegistry")
+            .field("kinds", &kinds)
+            .finish()
+    }
+}
+
+impl ActionRegistry {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The table of this version: `call_api`. (`run_task`, `execute_pipeline` and
+    /// `send_notification` are added by the issues that build them.)
+    pub fn standard(http: reqwest::Client) -> Self {
+        let mut registry = Self::new();
+        registry.register(Arc::new(call_api::CallApiHandler::new(http)));
+        registry
+    }
+
+    /// Adds (or replaces) the handler of its kind.
+    pub fn register(&mut self, handler: Arc<dyn ActionHandler>) {
+        self.handlers.insert(handler.kind(), handler);
+    }
+
+    /// The handler of a kind, if this executor has one.
+    pub fn get(&self, kind: &str) -> Option<Arc<dyn ActionHandler>> {
+        self.handlers.get(kind).cloned()
+    }
+}

@@ -1,0 +1,155 @@
+//! Appending events and fanning them out. An event is committed to the store before
+//! anyone sees it; watchers always read events from the store (in batches, after their
+//! cursor), and use the in-memory seq signal only to know when to look again — plus a
+//! periodic re-check — so a slow or reconnecting watcher never loses or repeats one.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::{Engine, EventStream};
+use crate::config::{EVENT_BATCH, WATCH_RECHECK};
+use crate::error::ExecutorError;
+use crate::model::{Event, Transition};
+
+impl Engine {
+    /// Commits `transition` (its event and the row updates it implies), then tells the
+    /// execution's watchers that the seq moved.
+    pub(crate) async fn append(
+        &self,
+        execution_id: &str,
+        transition: Transition,
+    ) -> Result<Event, ExecutorError> {
+        let at_ms = self.clock.now_ms();
+        let event = self.store.append(execution_id, at_ms, transition).await?;
+        if let Some(live) = self.live(execution_id) {
+            live.seq.send_replace(event.seq);
+        }
+        tracing::debug!(execution_id, seq = event.seq, "event appended");
+        Ok(event)
+    }
+
+    /// The events of an execution with `seq > after_seq`, live until `ExecutionFinished`
+    /// (then the stream ends). When the executor shuts down the stream ends with
+    /// `ShuttingDown` so that the client reconnects elsewhere or later.
+    pub(crate) fn event_stream(
+        self: &Arc<Self>,
+        execution_id: String,
+        after_seq: u64,
+    ) -> EventStream {
+        let signal = self.live(&execution_id).map(|l| l.seq.subscribe());
+        let watcher = Watcher {
+            engine: Arc::clone(self),
+            execution_id,
+            cursor: after_seq,
+            pending: VecDeque::new(),
+            signal,
+            done: false,
+        };
+        Box::pin(futures::stream::unfold(watcher, |mut w| async move {
+            let item = w.next().await?;
+            Some((item, w))
+        }))
+    }
+}
+
+struct Watcher {
+    engine: Arc<Engine>,
+    execution_id: String,
+    /// The seq of the last event handed out.
+    cursor: u64,
+    /// Events read from the store, not yet handed out.
+    pending: VecDeque<Event>,
+    /// Moves when the execution's runner (in this process) commits an event.
+    signal: Option<watch::Receiver<u64>>,
+    done: bool,
+}
+
+impl Watcher {
+    async fn next(&mut self) -> Option<Result<Event, ExecutorError>> {
+        // Bounded: each turn either returns, or waits at least until a signal or the
+        // periodic re-check, and the stream ends when the execution does.
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                self.cursor = event.seq;
+                if event.is_final() {
+                    self.done = true;
+                    self.pending.clear();
+                }
+                return Some(Ok(event));
+            }
+            if self.done {
+                return None;
+            }
+            if self.engine.shutdown.is_cancelled() {
+                self.done = true;
+                return Some(Err(ExecutorError::ShuttingDown));
+            }
+            if let Some(signal) = &mut self.signal {
+                signal.borrow_and_update();
+            }
+            match self.read().await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+            if self.done {
+                return None;
+            }
+            self.wait().await;
+        }
+    }
+
+    /// Reads the next batch; `Ok(true)` when there is something to hand out. With
+    /// nothing new, ends the stream if the execution finished at or before the cursor
+    /// (a watcher that asked for `after_seq` past the end).
+    async fn read(&mut self) -> Result<bool, ExecutorError> {
+        let store = &self.engine.store;
+        let events = store
+            .events_after(&self.execution_id, self.cursor, EVENT_BATCH)
+            .await?;
+        if !events.is_empty() {
+            self.pending.extend(events);
+            return Ok(true);
+        }
+        match store.get_execution(&self.execution_id).await? {
+            None => Err(ExecutorError::NotFound(format!(
+                "execution {}",
+                self.execution_id
+            ))),
+            Some(r) if r.status.is_finished() && r.last_seq <= self.cursor => {
+                self.done = true;
+                Ok(false)
+            }
+            Some(_) => Ok(false),
+        }
+    }
+
+    async fn wait(&mut self) {
+        let shutdown = self.engine.shutdown.clone();
+        match &mut self.signal {
+            Some(signal) => {
+                tokio::select! {
+                    changed = signal.changed() => {
+                        // The runner ended (its sender is gone): rely on re-reads only.
+                        if changed.is_err() {
+                            self.signal = None;
+                        }
+                    }
+                    () = tokio::time::sleep(WATCH_RECHECK) => {}
+                    () = shutdown.cancelled() => {}
+                }
+            }
+            None => {
+                tokio::select! {
+                    () = tokio::time::sleep(WATCH_RECHECK) => {}
+                    () = shutdown.cancelled() => {}
+                }
+            }
+        }
+    }
+}

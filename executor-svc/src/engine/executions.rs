@@ -1,0 +1,265 @@
+//! The execution use cases: start a new execution or attach to the one stored under the
+//! same key (compared by a request fingerprint), watch, read, list, cancel, and resume
+//! what a previous process left running.
+
+use std::sync::Arc;
+
+use almanac_proto::action::kind_name;
+use almanac_proto::executor::v1::{Action, ExecuteRequest, Origin};
+use almanac_proto::time::ms_to_timestamp;
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use super::{Engine, EventStream, Live, runner};
+use crate::error::ExecutorError;
+use crate::model::{CancelMode, ExecutionRecord, ListQuery, NewExecution, NodeRunRecord};
+
+/// A validated request to run an action under an idempotency key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartRequest {
+    /// Non-empty, unique per execution.
+    pub idempotency_key: String,
+    /// What to run (its kind is set).
+    pub action: Action,
+    /// When the execution must be over.
+    pub deadline_ms: Option<i64>,
+    /// Where the work comes from.
+    pub origin: Option<Origin>,
+}
+
+/// How `GetExecution` names an execution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecutionLookup {
+    /// By id.
+    Id(String),
+    /// By idempotency key.
+    Key(String),
+}
+
+/// One page of executions, newest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// The executions.
+    pub executions: Vec<ExecutionRecord>,
+    /// The id to continue before, when there may be more.
+    pub next_before_id: Option<String>,
+}
+
+/// The request fingerprint: sha256 (hex) of the protobuf encoding of the action, the
+/// deadline (at millisecond precision, as stored) and the origin. Maps are BTreeMaps in
+/// the generated code, so the encoding is deterministic; `after_seq` is not part of it.
+pub fn fingerprint(request: &StartRequest) -> String {
+    let canonical = ExecuteRequest {
+        idempotency_key: String::new(),
+        action: Some(request.action.clone()),
+        deadline: request.deadline_ms.map(ms_to_timestamp),
+        origin: request.origin.clone(),
+        after_seq: 0,
+    };
+    hex::encode(Sha256::digest(canonical.encode_to_vec()))
+}
+
+impl Engine {
+    /// Starts an execution for a new key, or attaches to the execution stored under the
+    /// key when the request is the same, and streams its events with `seq > after_seq`.
+    /// The same key with a different request is `AlreadyExists`; nothing ever restarts a
+    /// finished execution.
+    pub async fn execute(
+        self: &Arc<Self>,
+        request: StartRequest,
+        after_seq: u64,
+    ) -> Result<EventStream, ExecutorError> {
+        if self.shutdown.is_cancelled() {
+            return Err(ExecutorError::ShuttingDown);
+        }
+        if let Some(kind) = request.action.kind.as_ref()
+            && self.registry.get(kind_name(kind)).is_none()
+        {
+            return Err(ExecutorError::invalid(
+                format!("action.{}", kind_name(kind)),
+                format!(
+                    "this executor has no handler for {} actions",
+                    kind_name(kind)
+                ),
+            ));
+        }
+        let fingerprint = fingerprint(&request);
+        let key = &request.idempotency_key;
+
+        let record = match self.store.find_by_key(key).await? {
+            Some(existing) => existing,
+            None => {
+                let new = NewExecution {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    idempotency_key: key.clone(),
+                    fingerprint: fingerprint.clone(),
+                    action: request.action.clone(),
+                    origin: request.origin.clone(),
+                    deadline_ms: request.deadline_ms,
+                    created_ms: self.clock.now_ms(),
+                };
+                match self.store.create_execution(&new).await {
+                    Ok(created) => {
+                        tracing::info!(execution_id = %created.id, idempotency_key = %key, "execution started");
+                        self.start_runner(created.id.clone());
+                        created
+                    }
+                    // Another request with the same key won the insert: attach to it.
+                    Err(ExecutorError::AlreadyExists(_)) => {
+                        self.store.find_by_key(key).await?.ok_or_else(|| {
+                            ExecutorError::Corrupt(format!("key {key:?} taken but not found"))
+                        })?
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        if record.fingerprint != fingerprint {
+            return Err(ExecutorError::AlreadyExists(format!(
+                "idempotency key {key:?} is already used by execution {} with a different request",
+                record.id
+            )));
+        }
+        Ok(self.event_stream(record.id, after_seq))
+    }
+
+    /// Streams the events of an execution with `seq > after_seq` until it finishes.
+    pub async fn watch(
+        self: &Arc<Self>,
+        execution_id: &str,
+        after_seq: u64,
+    ) -> Result<EventStream, ExecutorError> {
+        if self.shutdown.is_cancelled() {
+            return Err(ExecutorError::ShuttingDown);
+        }
+        let record = self.require(execution_id).await?;
+        Ok(self.event_stream(record.id, after_seq))
+    }
+
+    /// One execution with its node table.
+    pub async fn get(
+        &self,
+        lookup: &ExecutionLookup,
+    ) -> Result<(ExecutionRecord, Vec<NodeRunRecord>), ExecutorError> {
+        let record = match lookup {
+            ExecutionLookup::Id(id) => self.require(id).await?,
+            ExecutionLookup::Key(key) => self.store.find_by_key(key).await?.ok_or_else(|| {
+                ExecutorError::NotFound(format!("execution with idempotency key {key:?}"))
+            })?,
+        };
+        let nodes = self.store.node_runs(&record.id).await?;
+        Ok((record, nodes))
+    }
+
+    /// A page of executions matching `query` (its `limit` is the page size), newest first.
+    pub async fn list(&self, mut query: ListQuery) -> Result<Page, ExecutorError> {
+        let page_size = query.limit.max(1);
+        query.limit = page_size + 1;
+        let mut executions = self.store.list_executions(&query).await?;
+        let more = executions.len() > page_size as usize;
+        executions.truncate(page_size as usize);
+        let next_before_id = more
+            .then(|| executions.last().map(|e| e.id.clone()))
+            .flatten();
+        Ok(Page {
+            executions,
+            next_before_id,
+        })
+    }
+
+    /// Asks an execution to stop: recorded durably first (a restart honours it), then
+    /// signalled to its runner. A finished execution is returned unchanged.
+    pub async fn cancel(
+        &self,
+        execution_id: &str,
+        mode: CancelMode,
+        reason: &str,
+    ) -> Result<ExecutionRecord, ExecutorError> {
+        let record = self
+            .store
+            .request_cancel(execution_id, mode, reason)
+            .await?;
+        if !record.status.is_finished()
+            && let Some(live) = self.live(execution_id)
+        {
+            live.stop_new.cancel();
+            if record.cancel_requested == Some(CancelMode::Terminate) {
+                live.abort.cancel();
+            }
+            tracing::info!(execution_id, mode = ?record.cancel_requested, "cancellation requested");
+        }
+        Ok(record)
+    }
+
+    /// Resumes every execution a previous process left PENDING or RUNNING; returns how
+    /// many. Their runners decide, from the stored state, what is left to do.
+    pub async fn resume(self: &Arc<Self>) -> Result<usize, ExecutorError> {
+        let unfinished = self.store.list_unfinished().await?;
+        for record in &unfinished {
+            tracing::info!(execution_id = %record.id, last_seq = record.last_seq, "resuming execution");
+            self.start_runner(record.id.clone());
+        }
+        Ok(unfinished.len())
+    }
+
+    async fn require(&self, execution_id: &str) -> Result<ExecutionRecord, ExecutorError> {
+        self.store
+            .get_execution(execution_id)
+            .await?
+            .ok_or_else(|| ExecutorError::NotFound(format!("execution {execution_id}")))
+    }
+
+    /// Registers the execution as live (before its task exists, so that cancels and
+    /// watchers find it) and spawns its runner, unless one is running already.
+    fn start_runner(self: &Arc<Self>, execution_id: String) {
+        let live = {
+            let mut map = self.live_map();
+            if map.contains_key(&execution_id) {
+                return;
+            }
+            let live = Arc::new(Live::new());
+            map.insert(execution_id.clone(), Arc::clone(&live));
+            live
+        };
+        let engine = Arc::clone(self);
+        self.tasks.spawn(async move {
+            runner::run(&engine, &execution_id, &live).await;
+            engine.live_map().remove(&execution_id);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use almanac_proto::executor::v1::{CallApiAction, action::Kind};
+
+    fn request(url: &str, deadline_ms: Option<i64>) -> StartRequest {
+        let mut call = CallApiAction {
+            url: url.into(),
+            ..Default::default()
+        };
+        call.headers.insert("b".into(), "2".into());
+        call.headers.insert("a".into(), "1".into());
+        StartRequest {
+            idempotency_key: "k".into(),
+            action: Action {
+                kind: Some(Kind::CallApi(call)),
+            },
+            deadline_ms,
+            origin: None,
+        }
+    }
+
+    #[test]
+    fn the_fingerprint_ignores_the_key_and_sees_the_request() {
+        let a = request("http://x/", Some(5));
+        let mut b = a.clone();
+        b.idempotency_key = "other".into();
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        assert_ne!(fingerprint(&a), fingerprint(&request("http://y/", Some(5))));
+        assert_ne!(fingerprint(&a), fingerprint(&request("http://x/", Some(6))));
+        assert_ne!(fingerprint(&a), fingerprint(&request("http://x/", None)));
+        assert_eq!(fingerprint(&a).len(), 64);
+    }
+}

@@ -1,0 +1,119 @@
+//! The executor's engine: plain Rust use cases over the store (no tonic, no SQL).
+//! `executions` starts, attaches, cancels and resumes; `events` appends and fans out;
+//! `runner` runs an execution's node graph; `plan` says what that graph is.
+
+pub mod clock;
+mod events;
+mod executions;
+pub mod plan;
+mod runner;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::actions::ActionRegistry;
+use crate::error::ExecutorError;
+use crate::model::Event;
+use crate::store::ExecutorStore;
+
+pub use clock::{Clock, SystemClock};
+pub use executions::{ExecutionLookup, Page, StartRequest, fingerprint};
+
+/// A stream of an execution's events, in seq order, ending after `ExecutionFinished`.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<Event, ExecutorError>> + Send>>;
+
+/// Runs executions and answers questions about them. One per process, shared as `Arc`.
+pub struct Engine {
+    store: Arc<dyn ExecutorStore>,
+    clock: Arc<dyn Clock>,
+    registry: ActionRegistry,
+    /// Bounds how many executions run their actions at once.
+    permits: Arc<Semaphore>,
+    /// The executions this process is running, by id.
+    live: Mutex<HashMap<String, Arc<Live>>>,
+    /// Owns every runner task; shutdown waits for it with a deadline.
+    tasks: TaskTracker,
+    /// Fires when the process is shutting down: no new work, streams end, runners stop.
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("registry", &self.registry)
+            .field("available_permits", &self.permits.available_permits())
+            .field("shutting_down", &self.shutdown.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The in-memory side of a running execution: the latest committed seq (a signal for
+/// watchers, who always read the events themselves from the store) and its cancel
+/// switches.
+#[derive(Debug)]
+pub(crate) struct Live {
+    seq: watch::Sender<u64>,
+    /// Graceful or terminate: start nothing new.
+    stop_new: CancellationToken,
+    /// Terminate: abort the work in flight.
+    abort: CancellationToken,
+}
+
+impl Live {
+    fn new() -> Self {
+        Self {
+            seq: watch::Sender::new(0),
+            stop_new: CancellationToken::new(),
+            abort: CancellationToken::new(),
+        }
+    }
+}
+
+impl Engine {
+    /// An engine over `store`, running actions from `registry`, at most
+    /// `max_concurrent_executions` at once, until `shutdown` fires.
+    pub fn new(
+        store: Arc<dyn ExecutorStore>,
+        registry: ActionRegistry,
+        clock: Arc<dyn Clock>,
+        max_concurrent_executions: usize,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            clock,
+            registry,
+            permits: Arc::new(Semaphore::new(max_concurrent_executions.max(1))),
+            live: Mutex::new(HashMap::new()),
+            tasks: TaskTracker::new(),
+            shutdown,
+        })
+    }
+
+    /// Stops taking new work and waits (at most `grace`) for the runners to stop; a runner
+    /// stops at its next wait, after the event write in progress. Returns whether all did.
+    pub async fn shut_down(&self, grace: Duration) -> bool {
+        self.shutdown.cancel();
+        self.tasks.close();
+        tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
+    }
+
+    fn live(&self, id: &str) -> Option<Arc<Live>> {
+        self.live_map().get(id).cloned()
+    }
+
+    fn live_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Live>>> {
+        // A panic while holding this lock cannot leave the map inconsistent (single
+        // inserts and removes), so a poisoned lock is still usable.
+        self.live
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

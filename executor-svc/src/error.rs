@@ -1,0 +1,82 @@
+//! The executor's one error type (`ExecutorError`), used by the engine, the store and the
+//! actions' callers, and `ServerError` for what stops `server::run`. Mapping to
+//! `tonic::Status` happens in one place only: `grpc/status.rs`.
+
+use almanac_proto::action::FieldViolation;
+
+/// Everything that can go wrong while serving a request or running an execution.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    /// The request is malformed; every problem is named with its field.
+    #[error("invalid argument: {}", join(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    /// No such execution.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The idempotency key is taken by a different request.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// An event was offered to an execution that has already finished (an engine bug or a
+    /// lost race that the caller resolves by reading the execution again).
+    #[error("execution {0} has already finished")]
+    AlreadyFinished(String),
+    /// The executor is shutting down and takes no new work.
+    #[error("the executor is shutting down")]
+    ShuttingDown,
+    /// The database cannot be reached or is busy past its timeout.
+    #[error("the database is unavailable: {0}")]
+    StoreUnavailable(#[source] sqlx::Error),
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Store(#[source] sqlx::Error),
+    /// A stored row could not be decoded.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+}
+
+fn join(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ExecutorError {
+    /// One violation of one field.
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+}
+
+/// What stops `server::run` from starting or finishing cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The database file or its directory could not be created.
+    #[error("cannot prepare the database path {path}: {source}")]
+    DatabasePath {
+        /// The path.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database could not be opened.
+    #[error("cannot open the database: {0}")]
+    Open(#[source] sqlx::Error),
+    /// A migration failed.
+    #[error("cannot migrate the database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The store failed while resuming executions.
+    #[error("cannot resume executions: {0}")]
+    Resume(#[source] ExecutorError),
+    /// The HTTP client for actions could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+    /// The reflection service could not read the descriptor sets.
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server error: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}

@@ -1,0 +1,98 @@
+//! Wires the executor together and serves it: opens and migrates the store, resumes what
+//! a previous process left running, serves `ExecutorService`, gRPC health and reflection
+//! on the given listener until `shutdown` resolves, then stops taking work and lets the
+//! event writes in flight finish (bounded by `SHUTDOWN_GRACE`).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use almanac_proto::executor::v1::executor_service_server::ExecutorServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::actions::ActionRegistry;
+use crate::actions::call_api::build_http_client;
+use crate::config::{Config, SHUTDOWN_GRACE};
+use crate::engine::{Engine, SystemClock};
+use crate::grpc::ExecutorGrpc;
+use crate::store::{ExecutorStore, SqliteStore};
+
+pub use crate::error::ServerError;
+
+/// Runs the executor on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let store: Arc<dyn ExecutorStore> = Arc::new(SqliteStore::open(&config.database_path).await?);
+    let registry = ActionRegistry::standard(build_http_client().map_err(ServerError::HttpClient)?);
+    let stop = CancellationToken::new();
+    let engine = Engine::new(
+        Arc::clone(&store),
+        registry,
+        Arc::new(SystemClock),
+        config.max_concurrent_executions,
+        stop.clone(),
+    );
+    let resumed = match engine.resume().await {
+        Ok(n) => n,
+        Err(e) => {
+            store.close().await;
+            return Err(ServerError::Resume(e));
+        }
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<ExecutorServiceServer<ExecutorGrpc>>()
+        .await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(almanac_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    // The serve loop stops on the caller's signal; the same moment stops the engine's
+    // streams and runners, so in-flight streams end and graceful shutdown completes.
+    let signal = {
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = stop.cancelled() => {}
+            }
+            tracing::info!("executor shutting down");
+            stop.cancel();
+            health
+                .set_not_serving::<ExecutorServiceServer<ExecutorGrpc>>()
+                .await;
+        }
+    };
+    let address = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(address, resumed, database = %config.database_path.display(), "executor serving");
+    let served = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(ExecutorServiceServer::new(ExecutorGrpc::new(Arc::clone(
+            &engine,
+        ))))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .await;
+
+    stop.cancel();
+    if !engine.shut_down(SHUTDOWN_GRACE).await {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "runners still busy at the end of the shutdown grace");
+    }
+    store.close().await;
+    served?;
+    tracing::info!("executor stopped");
+    Ok(())
+}

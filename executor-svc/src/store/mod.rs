@@ -1,0 +1,73 @@
+//! The executor's storage: one object-safe trait (`ExecutorStore`, used as
+//! `Arc<dyn ExecutorStore>`) and one module per backend. Each method is one use case and
+//! one transaction, so backends agree on what is atomic; the engine never sees SQL.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+use crate::error::ExecutorError;
+use crate::model::{
+    CancelMode, Event, ExecutionRecord, ListQuery, NewExecution, NodeRunRecord, Transition,
+};
+
+pub use sqlite::SqliteStore;
+
+/// Where executions, their node runs and their events live.
+#[async_trait]
+pub trait ExecutorStore: Send + Sync + 'static {
+    /// Stores a new execution (RUNNING) and its first event, `ExecutionStarted` with seq 1,
+    /// in one transaction. A taken idempotency key is `ExecutorError::AlreadyExists`: the
+    /// unique constraint decides races, and the caller then loads the existing execution.
+    async fn create_execution(&self, new: &NewExecution) -> Result<ExecutionRecord, ExecutorError>;
+
+    /// One execution by id.
+    async fn get_execution(&self, id: &str) -> Result<Option<ExecutionRecord>, ExecutorError>;
+
+    /// One execution by its idempotency key.
+    async fn find_by_key(&self, key: &str) -> Result<Option<ExecutionRecord>, ExecutorError>;
+
+    /// Executions matching `query`, newest (greatest id) first, at most `query.limit`.
+    async fn list_executions(
+        &self,
+        query: &ListQuery,
+    ) -> Result<Vec<ExecutionRecord>, ExecutorError>;
+
+    /// Every execution not finished (PENDING or RUNNING), oldest first: what a restart
+    /// resumes.
+    async fn list_unfinished(&self) -> Result<Vec<ExecutionRecord>, ExecutorError>;
+
+    /// The node table of an execution: one row per node attempt, by node then attempt.
+    async fn node_runs(&self, execution_id: &str) -> Result<Vec<NodeRunRecord>, ExecutorError>;
+
+    /// Events with `seq > after_seq`, in order, at most `limit`.
+    async fn events_after(
+        &self,
+        execution_id: &str,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<Event>, ExecutorError>;
+
+    /// Appends the event of `transition` with the next seq and applies the row updates it
+    /// implies, in one transaction. An unknown execution is `NotFound`; a finished one is
+    /// `AlreadyFinished` (nothing is ever appended after `ExecutionFinished`).
+    async fn append(
+        &self,
+        execution_id: &str,
+        at_ms: i64,
+        transition: Transition,
+    ) -> Result<Event, ExecutorError>;
+
+    /// Records a cancellation request durably (the stronger mode wins; the first reason is
+    /// kept) and returns the execution as it is now. A finished execution is returned
+    /// unchanged.
+    async fn request_cancel(
+        &self,
+        execution_id: &str,
+        mode: CancelMode,
+        reason: &str,
+    ) -> Result<ExecutionRecord, ExecutorError>;
+
+    /// Closes the connections, waiting for writes in progress.
+    async fn close(&self);
+}
