@@ -52,6 +52,15 @@ impl ExecutorError {
 /// What stops `server::run` from starting or finishing cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The database file or its directory could not be created.
     #[error("cannot prepare the database path {path}: {source}")]
     DatabasePath {

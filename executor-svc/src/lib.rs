@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod json;
 pub mod model;
 pub mod server;
+pub mod standalone;
 pub mod store;
 
 pub use config::Config;

@@ -9,5 +9,6 @@ pub mod grpc;
 pub mod model;
 pub mod server;
 pub mod spec;
+pub mod standalone;
 pub mod store;
 pub mod telemetry;

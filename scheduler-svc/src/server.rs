@@ -20,6 +20,12 @@ use crate::store::{SqliteStore, StoreError};
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot open the store")]
     Store(#[from] StoreError),
     #[error("bad executor endpoint {endpoint:?}")]

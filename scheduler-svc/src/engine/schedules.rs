@@ -212,7 +212,7 @@ impl Engine {
             created_ms: now,
             updated_ms: now,
         };
-        let spec = self.specs.get(&schedule).map_err(|e| {
+        let spec = schedule.spec.compile().map_err(|e| {
             SchedulerError::invalid(format!("schedule.spec.{}", e.field), e.message)
         })?;
         schedule.next_fire_ms = Some(first_fire(&schedule, &spec, now).map_err(|why| {

@@ -1,0 +1,103 @@
+//! The executor as a process of its own: its flags, logging, signals, and serving until
+//! one arrives. Shared by the `executor-svc` binary and `almanac executor`.
+
+use std::path::PathBuf;
+
+use clap::ValueEnum;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tracing_subscriber::EnvFilter;
+
+use crate::{Config, ServerError, server};
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The flags of a standalone executor.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to serve gRPC on (port 0 picks a free port).
+    #[arg(
+        long,
+        env = "ALMANAC_EXECUTOR_LISTEN",
+        default_value = "127.0.0.1:50052"
+    )]
+    pub listen: String,
+    /// SQLite database file (created with its folder if missing).
+    #[arg(
+        long,
+        env = "ALMANAC_EXECUTOR_DATABASE",
+        default_value = "./.almanac/executor.db"
+    )]
+    pub database: PathBuf,
+    /// How many executions may run their actions at once.
+    #[arg(long, env = "ALMANAC_EXECUTOR_MAX_CONCURRENT", default_value_t = 256)]
+    pub max_concurrent_executions: usize,
+    /// Log format (logs go to stderr).
+    #[arg(long, value_enum, env = "ALMANAC_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Binds, prints `executor listening on http://ADDR` as the first line on stdout, and
+/// serves until SIGINT/SIGTERM (a second signal exits at once).
+pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match args.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    let bind_error = |source| ServerError::Bind {
+        addr: args.listen.clone(),
+        source,
+    };
+    let listener = TcpListener::bind(&args.listen).await.map_err(bind_error)?;
+    let addr = listener.local_addr().map_err(bind_error)?;
+    println!("executor listening on http://{addr}");
+    let mut config = Config::new(args.database);
+    config.max_concurrent_executions = args.max_concurrent_executions;
+
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    tokio::spawn(signals(stop_tx));
+    server::run(config, listener, async move {
+        let _ = stop_rx.await;
+    })
+    .await
+}
+
+/// The first SIGINT/SIGTERM asks for a graceful shutdown; a second one exits at once.
+async fn signals(stop: oneshot::Sender<()>) {
+    if let Err(error) = next_signal().await {
+        tracing::error!(%error, "cannot listen for signals");
+        return;
+    }
+    tracing::info!("signal received: shutting down (send another to exit at once)");
+    let _ = stop.send(());
+    if next_signal().await.is_ok() {
+        tracing::warn!("second signal: exiting at once");
+        std::process::exit(130);
+    }
+}
+
+#[cfg(unix)]
+async fn next_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+async fn next_signal() -> std::io::Result<()> {
+    tokio::signal::ctrl_c().await
+}

@@ -1,0 +1,54 @@
+//! The scheduler as a process of its own: its flags, and serving them until a signal.
+//! Shared by the `scheduler-svc` binary and `almanac scheduler`.
+
+use std::path::PathBuf;
+
+use crate::config::Config;
+use crate::server::{self, ServerError};
+use crate::telemetry::{self, LogFormat};
+
+/// The flags of a standalone scheduler (the executor's endpoint is given apart, because
+/// `almanac` already has a global `--executor`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to serve gRPC on (port 0 picks a free port).
+    #[arg(
+        long,
+        env = "ALMANAC_SCHEDULER_LISTEN",
+        default_value = "127.0.0.1:50051"
+    )]
+    pub listen: String,
+    /// SQLite file of the scheduler's ledger (created with its folder if missing).
+    #[arg(
+        long,
+        env = "ALMANAC_SCHEDULER_DATABASE",
+        default_value = "./.almanac/scheduler.db"
+    )]
+    pub database: PathBuf,
+    /// Use synchronous=FULL: commits survive power loss, not only a process crash.
+    #[arg(long, env = "ALMANAC_SYNCHRONOUS_FULL")]
+    pub synchronous_full: bool,
+    /// Log format (logs go to stderr): text or json.
+    #[arg(long, env = "ALMANAC_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Binds, prints `scheduler listening on http://ADDR` as the first line on stdout, and
+/// serves until SIGINT/SIGTERM (a second signal exits at once).
+pub async fn serve(args: ServeArgs, executor_endpoint: String) -> Result<(), ServerError> {
+    telemetry::init(args.log_format);
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: args.listen.clone(),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: args.listen.clone(),
+        source,
+    })?;
+    println!("scheduler listening on http://{addr}");
+    let mut config = Config::new(args.database, executor_endpoint);
+    config.synchronous_full = args.synchronous_full;
+    server::run(config, listener, telemetry::shutdown_signal()).await
+}

@@ -1,0 +1,40 @@
+//! Connecting to the two services. The connection is made eagerly, so that an unreachable
+//! endpoint is reported as such (with the endpoint) rather than as an RPC failure.
+
+use std::time::Duration;
+
+use almanac_proto::executor::v1::executor_service_client::ExecutorServiceClient;
+use almanac_proto::scheduler::v1::scheduler_service_client::SchedulerServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::CliError;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A client of the scheduler at `endpoint`.
+pub async fn scheduler(endpoint: &str) -> Result<SchedulerServiceClient<Channel>, CliError> {
+    Ok(SchedulerServiceClient::new(
+        connect("scheduler", endpoint).await?,
+    ))
+}
+
+/// A client of the executor at `endpoint`.
+pub async fn executor(endpoint: &str) -> Result<ExecutorServiceClient<Channel>, CliError> {
+    Ok(ExecutorServiceClient::new(
+        connect("executor", endpoint).await?,
+    ))
+}
+
+async fn connect(service: &'static str, endpoint: &str) -> Result<Channel, CliError> {
+    let fail = |source| CliError::Connect {
+        service,
+        endpoint: endpoint.to_owned(),
+        source,
+    };
+    Endpoint::from_shared(endpoint.to_owned())
+        .map_err(fail)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .connect()
+        .await
+        .map_err(fail)
+}
