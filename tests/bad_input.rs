@@ -349,6 +349,35 @@ async fn bad_schedules_are_refused_naming_the_field_and_nothing_is_stored() {
         .expect("clamped")
         .into_inner();
     assert!(runs.runs.is_empty());
+
+    // The refused creates left nothing behind: the id is free for a good schedule, and a
+    // once-spec refused for being in the past does not shadow a later good one.
+    let past = pb::ScheduleSpec {
+        kind: Some(pb::schedule_spec::Kind::Once(pb::OnceSpec {
+            at: Some(ms_to_timestamp(1_577_836_800_000)),
+        })),
+    };
+    assert_refused(
+        client
+            .create_schedule(create("bad", past, call_api("GET", "http://127.0.0.1:9/x")))
+            .await,
+        Code::InvalidArgument,
+        "schedule.spec",
+        "a once spec in the past never fires",
+    );
+    let future = pb::ScheduleSpec {
+        kind: Some(pb::schedule_spec::Kind::Once(pb::OnceSpec {
+            at: Some(ms_to_timestamp(4_102_444_800_000)),
+        })),
+    };
+    client
+        .create_schedule(create(
+            "bad",
+            future,
+            call_api("GET", "http://127.0.0.1:9/x"),
+        ))
+        .await
+        .expect("the id of refused creates is still free");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -108,3 +108,36 @@ async fn the_readme_grpcurl_walkthrough_works() {
     );
     assert!(!sink.hits_on("/hook").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buf_curl_reaches_both_services_through_reflection() {
+    let present = Command::new("buf")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !tool_available("buf", present, "npm install @bufbuild/buf") {
+        return;
+    }
+    let stack = Stack::start().await;
+    let scheduler = stack.scheduler.url();
+    let executor = stack.executor.url();
+    let (create, list) = tokio::task::spawn_blocking(move || {
+        let curl = |data: &str, url: String| {
+            let mut cmd = Command::new("buf");
+            cmd.args(["curl", "--protocol", "grpc", "--http2-prior-knowledge", "--data", data, &url]);
+            run_command(&mut cmd, Duration::from_secs(30))
+        };
+        let create = curl(
+            r#"{"schedule_id": "via-buf", "schedule": {"spec": {"interval": {"every": "5s"}}, "action": {"call_api": {"url": "http://127.0.0.1:9/"}}}}"#,
+            format!("{scheduler}/almanac.scheduler.v1.SchedulerService/CreateSchedule"),
+        );
+        let list = curl("{}", format!("{executor}/almanac.executor.v1.ExecutorService/ListExecutions"));
+        (create, list)
+    })
+    .await
+    .unwrap();
+    assert!(create.0, "buf curl create: {create:?}");
+    let created: serde_json::Value = serde_json::from_str(&create.1).expect("JSON");
+    assert_eq!(created["schedule"]["id"], "via-buf");
+    assert!(list.0, "buf curl list: {list:?}");
+}
