@@ -513,3 +513,81 @@ async fn fires_missed_while_down_follow_the_default_catch_up() {
     scheduler.stop().await;
     executor.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_executor_is_not_a_run_failure() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = Sink::start().await;
+    // An address where an executor was and is no more: connections are refused.
+    let gone = start_executor(dir.path()).await;
+    let addr = gone.addr;
+    gone.stop().await;
+    let scheduler = start_scheduler(dir.path(), &format!("http://{addr}")).await;
+    let mut client = scheduler_client(&scheduler.url()).await;
+    client
+        .create_schedule(create(
+            "patient",
+            cron("0 0 1 1 *", "UTC"),
+            call_api("GET", &sink.url("/later")),
+        ))
+        .await
+        .expect("create");
+    let run = client
+        .trigger_schedule(pb::TriggerScheduleRequest {
+            schedule_id: "patient".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("trigger")
+        .into_inner()
+        .run
+        .unwrap();
+    // For two seconds of refused connections the run stays PENDING on its first attempt.
+    let watch_until = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < watch_until {
+        let now = client
+            .get_run(pb::GetRunRequest {
+                run_id: run.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .run
+            .unwrap();
+        assert_eq!(status_of(&now), pb::RunStatus::Pending, "{}", now.error);
+        assert_eq!(now.attempts.len(), 1);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let executor = start_executor_at(dir.path(), &addr.to_string()).await;
+    let done = eventually(
+        Duration::from_secs(20),
+        "the run to succeed once the executor is back",
+        || {
+            let mut client = client.clone();
+            let id = run.id.clone();
+            async move {
+                let run = client
+                    .get_run(pb::GetRunRequest { run_id: id })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .run?;
+                (status_of(&run) == pb::RunStatus::Succeeded).then_some(run)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        done.attempts.len(),
+        1,
+        "the same attempt was sent again, not a new one"
+    );
+    let hits = sink.hits_on("/later");
+    assert_eq!(hits.len(), 1);
+    assert_eq!(
+        hits[0].header("idempotency-key"),
+        Some(format!("{}/1", run.id).as_str())
+    );
+    scheduler.stop().await;
+    executor.stop().await;
+}

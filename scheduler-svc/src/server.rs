@@ -75,6 +75,9 @@ pub async fn run_with_clock(
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(almanac_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // The descriptor set holds both services' protos: list only what is served.
+            .with_service_name("almanac.scheduler.v1.SchedulerService")
+            .with_service_name("grpc.health.v1.Health")
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
