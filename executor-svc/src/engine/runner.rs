@@ -39,21 +39,31 @@ enum Outcome {
     TimedOut,
 }
 
-/// Runs the execution to its end (or until shutdown). Errors are logged: the execution
-/// stays as stored and the next start resumes it.
+/// Runs the execution to its end (or until shutdown). A store error is logged and the
+/// execution is driven again from what the store holds, after a backoff, exactly as a
+/// restart would resume it, so a passing database outage never leaves it unfinished.
 pub(super) async fn run(engine: &Arc<Engine>, execution_id: &str, live: &Live) {
-    match drive(engine, execution_id, live).await {
-        Ok(()) => {}
-        Err(Stop::Shutdown) => {
-            tracing::info!(
-                execution_id,
-                "runner stopped by shutdown; the execution resumes on the next start"
-            );
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match drive(engine, execution_id, live).await {
+            Ok(()) | Err(Stop::Store(ExecutorError::AlreadyFinished(_))) => return,
+            Err(Stop::Shutdown) => {
+                tracing::info!(
+                    execution_id,
+                    "runner stopped by shutdown; the execution resumes on the next start"
+                );
+                return;
+            }
+            Err(Stop::Store(error)) => {
+                tracing::error!(execution_id, %error, retry_in_ms = backoff.as_millis() as u64,
+                    "runner stopped by a store error; driving the execution again");
+            }
         }
-        Err(Stop::Store(ExecutorError::AlreadyFinished(_))) => {}
-        Err(Stop::Store(error)) => {
-            tracing::error!(execution_id, %error, "runner stopped by a store error; the execution resumes on the next start");
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = engine.shutdown.cancelled() => return,
         }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
 
