@@ -9,61 +9,43 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-async fn list_services_v1(url: &str) -> Vec<String> {
-    use tonic_reflection::pb::v1::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let mut client = ServerReflectionClient::new(channel(url).await);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = client
-        .server_reflection_info(futures::stream::iter([request]))
-        .await
-        .expect("reflection v1")
-        .into_inner();
-    match responses
-        .message()
-        .await
-        .expect("a response")
-        .and_then(|r| r.message_response)
-    {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            list.service.into_iter().map(|s| s.name).collect()
+/// `list_services_<version>(url)`: the services a server lists through one version of
+/// the reflection protocol (v1 and v1alpha have the same shape and different types).
+macro_rules! list_services {
+    ($name:ident, $version:ident) => {
+        async fn $name(url: &str) -> Vec<String> {
+            use tonic_reflection::pb::$version::{
+                ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+                server_reflection_request::MessageRequest,
+                server_reflection_response::MessageResponse,
+            };
+            let mut client = ServerReflectionClient::new(channel(url).await);
+            let request = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut responses = client
+                .server_reflection_info(futures::stream::iter([request]))
+                .await
+                .expect("reflection")
+                .into_inner();
+            match responses
+                .message()
+                .await
+                .expect("a response")
+                .and_then(|r| r.message_response)
+            {
+                Some(MessageResponse::ListServicesResponse(list)) => {
+                    list.service.into_iter().map(|s| s.name).collect()
+                }
+                other => panic!("unexpected reflection answer {other:?}"),
+            }
         }
-        other => panic!("unexpected reflection answer {other:?}"),
-    }
+    };
 }
 
-async fn list_services_v1alpha(url: &str) -> Vec<String> {
-    use tonic_reflection::pb::v1alpha::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let mut client = ServerReflectionClient::new(channel(url).await);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = client
-        .server_reflection_info(futures::stream::iter([request]))
-        .await
-        .expect("reflection v1alpha")
-        .into_inner();
-    match responses
-        .message()
-        .await
-        .expect("a response")
-        .and_then(|r| r.message_response)
-    {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            list.service.into_iter().map(|s| s.name).collect()
-        }
-        other => panic!("unexpected reflection answer {other:?}"),
-    }
-}
+list_services!(list_services_v1, v1);
+list_services!(list_services_v1alpha, v1alpha);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_serving_and_reflection_lists_both_services() {

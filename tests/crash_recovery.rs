@@ -218,24 +218,7 @@ async fn executor_killed_mid_action_resumes_under_the_same_idempotency_key() {
     let port = executor.port();
     let scheduler = Proc::scheduler(dir.path(), &executor.url);
     let mut client = scheduler_client(&scheduler.url).await;
-    client
-        .create_schedule(create(
-            "job",
-            cron("0 0 1 1 *", "UTC"),
-            call_api("POST", &sink.url("/slow")),
-        ))
-        .await
-        .expect("create");
-    let run = client
-        .trigger_schedule(pb::TriggerScheduleRequest {
-            schedule_id: "job".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("trigger")
-        .into_inner()
-        .run
-        .unwrap();
+    let run = trigger_idle_schedule(&mut client, "job", call_api("POST", &sink.url("/slow"))).await;
     eventually(
         Duration::from_secs(20),
         "the target to receive the call",
@@ -249,24 +232,7 @@ async fn executor_killed_mid_action_resumes_under_the_same_idempotency_key() {
     std::thread::sleep(Duration::from_millis(500));
     // Back on the same address, as a restarted pod behind a Service would be.
     let executor = Proc::executor(dir.path(), &format!("127.0.0.1:{port}"));
-    let done = eventually(Duration::from_secs(60), "the run to end", || {
-        let mut client = client.clone();
-        let id = run.id.clone();
-        async move {
-            let run = client
-                .get_run(pb::GetRunRequest { run_id: id })
-                .await
-                .ok()?
-                .into_inner()
-                .run?;
-            (!matches!(
-                status_of(&run),
-                pb::RunStatus::Pending | pb::RunStatus::Running
-            ))
-            .then_some(run)
-        }
-    })
-    .await;
+    let done = wait_for_run(&client, &run.id, "the run to end", is_terminal).await;
     assert_eq!(status_of(&done), pb::RunStatus::Succeeded, "{}", done.error);
     let hits = sink.hits_on("/slow");
     assert!(

@@ -120,7 +120,7 @@ async fn skip_overlap_starts_one_run_under_200_concurrent_triggers() {
     client
         .create_schedule(create(
             "busy",
-            cron("0 0 1 1 *", "UTC"),
+            cron(YEARLY, "UTC"),
             call_api("GET", &sink.url("/slow")),
         ))
         .await
@@ -182,36 +182,10 @@ async fn a_failing_target_fails_the_run_with_the_http_status() {
     let sink = Sink::start().await;
     sink.respond("/down", 503, Duration::ZERO);
     let mut client = stack.scheduler_client().await;
-    client
-        .create_schedule(create(
-            "fails",
-            cron("0 0 1 1 *", "UTC"),
-            call_api("GET", &sink.url("/down")),
-        ))
-        .await
-        .expect("create");
-    let run = client
-        .trigger_schedule(pb::TriggerScheduleRequest {
-            schedule_id: "fails".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("trigger")
-        .into_inner()
-        .run
-        .unwrap();
-    let run = eventually(Duration::from_secs(20), "the run fails", || {
-        let mut client = client.clone();
-        let id = run.id.clone();
-        async move {
-            let run = client
-                .get_run(pb::GetRunRequest { run_id: id })
-                .await
-                .ok()?
-                .into_inner()
-                .run?;
-            (status_of(&run) == pb::RunStatus::Failed).then_some(run)
-        }
+    let run =
+        trigger_idle_schedule(&mut client, "fails", call_api("GET", &sink.url("/down"))).await;
+    let run = wait_for_run(&client, &run.id, "the run fails", |r| {
+        status_of(r) == pb::RunStatus::Failed
     })
     .await;
     assert!(
@@ -524,24 +498,8 @@ async fn an_unreachable_executor_is_not_a_run_failure() {
     gone.stop().await;
     let scheduler = start_scheduler(dir.path(), &format!("http://{addr}")).await;
     let mut client = scheduler_client(&scheduler.url()).await;
-    client
-        .create_schedule(create(
-            "patient",
-            cron("0 0 1 1 *", "UTC"),
-            call_api("GET", &sink.url("/later")),
-        ))
-        .await
-        .expect("create");
-    let run = client
-        .trigger_schedule(pb::TriggerScheduleRequest {
-            schedule_id: "patient".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("trigger")
-        .into_inner()
-        .run
-        .unwrap();
+    let run =
+        trigger_idle_schedule(&mut client, "patient", call_api("GET", &sink.url("/later"))).await;
     // For two seconds of refused connections the run stays PENDING on its first attempt.
     let watch_until = std::time::Instant::now() + Duration::from_secs(2);
     while std::time::Instant::now() < watch_until {
@@ -559,22 +517,11 @@ async fn an_unreachable_executor_is_not_a_run_failure() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let executor = start_executor_at(dir.path(), &addr.to_string()).await;
-    let done = eventually(
-        Duration::from_secs(20),
+    let done = wait_for_run(
+        &client,
+        &run.id,
         "the run to succeed once the executor is back",
-        || {
-            let mut client = client.clone();
-            let id = run.id.clone();
-            async move {
-                let run = client
-                    .get_run(pb::GetRunRequest { run_id: id })
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .run?;
-                (status_of(&run) == pb::RunStatus::Succeeded).then_some(run)
-            }
-        },
+        |r| status_of(r) == pb::RunStatus::Succeeded,
     )
     .await;
     assert_eq!(

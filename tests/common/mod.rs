@@ -314,3 +314,60 @@ pub fn run_command(cmd: &mut std::process::Command, timeout: Duration) -> (bool,
         .unwrap();
     (status.success(), out, err)
 }
+
+/// Fires once a year: a schedule that stays idle for the whole of a test.
+pub const YEARLY: &str = "0 0 1 1 *";
+
+/// Creates an idle schedule running `action` and triggers one manual run of it.
+pub async fn trigger_idle_schedule(
+    client: &mut SchedulerServiceClient<Channel>,
+    id: &str,
+    action: Action,
+) -> pb::Run {
+    client
+        .create_schedule(create(id, cron(YEARLY, "UTC"), action))
+        .await
+        .expect("create");
+    client
+        .trigger_schedule(pb::TriggerScheduleRequest {
+            schedule_id: id.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("trigger")
+        .into_inner()
+        .run
+        .expect("run")
+}
+
+/// Whether nothing will change a run's status again.
+pub fn is_terminal(run: &pb::Run) -> bool {
+    !matches!(
+        status_of(run),
+        pb::RunStatus::Pending | pb::RunStatus::Running
+    )
+}
+
+/// Polls a run until `done` holds for it (at most 60 s).
+pub async fn wait_for_run(
+    client: &SchedulerServiceClient<Channel>,
+    run_id: &str,
+    what: &str,
+    done: impl Fn(&pb::Run) -> bool,
+) -> pb::Run {
+    let done = &done;
+    eventually(Duration::from_secs(60), what, || {
+        let mut client = client.clone();
+        let run_id = run_id.to_string();
+        async move {
+            let run = client
+                .get_run(pb::GetRunRequest { run_id })
+                .await
+                .ok()?
+                .into_inner()
+                .run?;
+            done(&run).then_some(run)
+        }
+    })
+    .await
+}
