@@ -80,6 +80,10 @@ pub struct DevArgs {
     /// Log format (logs go to stderr): text or json.
     #[arg(long, env = "ALMANAC_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+    /// The executor's TOML configuration (secrets, SMTP profiles, allow-lists);
+    /// `ALMANAC_SECRET_<NAME>` variables add secrets. Loopback is always allowed in dev.
+    #[arg(long, env = "ALMANAC_EXECUTOR_CONFIG")]
+    pub executor_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

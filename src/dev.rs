@@ -39,11 +39,18 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     // One token stops both; a service that ends on its own cancels it too, so the other
     // one never keeps running alone.
     let stop = CancellationToken::new();
+    let mut executor_config = ExecutorConfig::new(data.join("executor.db"));
+    executor_config.actions =
+        almanac_executor::config::ActionsConfig::load(args.executor_config.as_deref())
+            .map_err(|e| anyhow::Error::new(e).context("the executor's configuration"))?;
+    // Development targets live on this machine: the egress guard lets loopback through.
+    executor_config.actions.allow_loopback();
+    tracing::warn!("dev mode: the egress guard allows loopback (127.0.0.0/8, ::1)");
     let executor = spawn_service(
         "executor",
         &stop,
         almanac_executor::server::run(
-            ExecutorConfig::new(data.join("executor.db")),
+            executor_config,
             executor_listener,
             stop.clone().cancelled_owned(),
         ),
@@ -75,6 +82,10 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         let _ = writeln!(stdout, "scheduler  {scheduler_url}");
         let _ = writeln!(stdout, "executor   {executor_url}");
         let _ = writeln!(stdout, "data       {}", data.display());
+        let _ = writeln!(
+            stdout,
+            "egress     loopback allowed (dev mode); other private networks refused"
+        );
         let _ = stdout.flush();
         drop(stdout);
         tokio::select! {

@@ -1,7 +1,7 @@
 //! Schedules, specs, actions and runs as text for people: one-line summaries for tables
 //! and the `key  value` block of `schedule get`.
 
-use almanac_proto::executor::v1::{Action, action};
+use almanac_proto::executor::v1::{Action, action, run_task_action, send_notification_action};
 use almanac_proto::scheduler::v1::{
     OverlapPolicy, Run, RunStatus, RunTrigger, Schedule, ScheduleSpec, ScheduleState, schedule_spec,
 };
@@ -72,12 +72,29 @@ pub fn action(action: Option<&Action>) -> String {
             };
             format!("{name} {method} {}", c.url)
         }
-        action::Kind::RunTask(t) => format!("{name} queue={}", t.queue),
+        action::Kind::RunTask(t) => match &t.target {
+            Some(run_task_action::Target::Queue(q)) => format!("{name} queue={q}"),
+            Some(run_task_action::Target::Command(c)) => {
+                format!("{name} command={}", c.argv.join(" "))
+            }
+            None => name.to_owned(),
+        },
         action::Kind::ExecutePipeline(p) if p.version > 0 => {
             format!("{name} {}@{}", p.pipeline_id, p.version)
         }
         action::Kind::ExecutePipeline(p) => format!("{name} {}", p.pipeline_id),
-        action::Kind::SendNotification(n) => format!("{name} channel={}", n.channel),
+        action::Kind::SendNotification(n) => {
+            use send_notification_action::Channel;
+            let channel = match &n.channel {
+                Some(Channel::Webhook(w)) => format!("webhook {}", w.url),
+                Some(Channel::Slack(_)) => "slack".to_owned(),
+                Some(Channel::Discord(_)) => "discord".to_owned(),
+                Some(Channel::Teams(_)) => "teams".to_owned(),
+                Some(Channel::Email(e)) => format!("email to {}", e.to.join(", ")),
+                None => "?".to_owned(),
+            };
+            format!("{name} {channel}")
+        }
     }
 }
 

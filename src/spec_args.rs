@@ -93,6 +93,7 @@ impl ActionArgs {
                 body: self.json_body.clone().map(call_api_action::Body::JsonBody),
                 timeout: self.http_timeout.map(Into::into),
                 accepted_statuses: self.accepted_statuses.clone(),
+                ..Default::default()
             })),
         })
     }

@@ -492,14 +492,30 @@ async fn fires_missed_while_down_follow_the_default_catch_up() {
 async fn an_unreachable_executor_is_not_a_run_failure() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sink = Sink::start().await;
-    // An address where an executor was and is no more: connections are refused.
-    let gone = start_executor(dir.path()).await;
-    let addr = gone.addr;
-    gone.stop().await;
+    let first = start_executor(dir.path()).await;
+    let addr = first.addr;
     let scheduler = start_scheduler(dir.path(), &format!("http://{addr}")).await;
     let mut client = scheduler_client(&scheduler.url()).await;
-    let run =
-        trigger_idle_schedule(&mut client, "patient", call_api("GET", &sink.url("/later"))).await;
+    client
+        .create_schedule(create(
+            "patient",
+            cron(YEARLY, "UTC"),
+            call_api("GET", &sink.url("/later")),
+        ))
+        .await
+        .expect("create while the executor is up");
+    // Now nothing listens where the executor was: connections are refused.
+    first.stop().await;
+    let run = client
+        .trigger_schedule(pb::TriggerScheduleRequest {
+            schedule_id: "patient".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("a trigger is accepted while the executor is down")
+        .into_inner()
+        .run
+        .unwrap();
     // For two seconds of refused connections the run stays PENDING on its first attempt.
     let watch_until = std::time::Instant::now() + Duration::from_secs(2);
     while std::time::Instant::now() < watch_until {

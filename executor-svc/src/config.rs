@@ -1,7 +1,10 @@
 //! The executor's configuration: what `server::run` needs to know, and the fixed limits
 //! that later issues will make configurable.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+
+use crate::secrets::{Secrets, SmtpProfile};
 use std::time::Duration;
 
 /// How long `server::run` waits, after the shutdown signal, for in-flight event writes.
@@ -30,14 +33,206 @@ pub struct Config {
     pub database_path: PathBuf,
     /// How many executions may run their actions at once (default 256).
     pub max_concurrent_executions: usize,
+    /// What actions may use: secrets, SMTP profiles, networks, programs.
+    pub actions: ActionsConfig,
 }
 
 impl Config {
-    /// A configuration with the database at `database_path` and the defaults otherwise.
+    /// A configuration with the database at `database_path` and the defaults otherwise:
+    /// no secrets, no SMTP profile, no private network, no program.
     pub fn new(database_path: impl Into<PathBuf>) -> Self {
         Self {
             database_path: database_path.into(),
             max_concurrent_executions: 256,
+            actions: ActionsConfig::default(),
         }
+    }
+}
+
+/// The part of the configuration actions see, as read from an optional TOML file
+/// (`--config`) plus `ALMANAC_SECRET_<NAME>` environment variables:
+///
+/// ```toml
+/// [secrets]
+/// slack_url = "https://hooks.slack.com/services/…"
+///
+/// [smtp.default]
+/// host = "smtp.example.com"
+/// tls = "starttls"          # or "tls", or "none" (local development only)
+/// username = "almanac"
+/// password_secret = "smtp_password"
+/// from = "Almanac <almanac@example.com>"
+///
+/// [egress]
+/// allow = ["10.20.0.0/16"]  # networks the egress guard lets through
+///
+/// [commands]
+/// allow = ["/usr/local/bin/backup"]  # programs run_task commands may start
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActionsConfig {
+    /// Named secrets.
+    pub secrets: Secrets,
+    /// Named SMTP profiles.
+    pub smtp: BTreeMap<String, SmtpProfile>,
+    /// The egress guard's allow-list.
+    pub egress: EgressConfig,
+    /// The programs commands may run.
+    pub commands: CommandsConfig,
+}
+
+/// Networks the egress guard lets through although they are private, loopback, ….
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EgressConfig {
+    /// CIDR blocks, e.g. `10.0.0.0/8` or `::1/128`.
+    pub allow: Vec<ipnet::IpNet>,
+}
+
+/// Programs `run_task` commands may start: each an absolute path, matched exactly.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommandsConfig {
+    /// Absolute paths of allowed programs.
+    pub allow: Vec<PathBuf>,
+}
+
+/// Why a configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("invalid configuration in {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ActionsConfig {
+    /// The configuration of a process: the file, if one is given, plus every
+    /// `ALMANAC_SECRET_<NAME>` environment variable as a secret.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        let mut config = match path {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        config.secrets.extend_from_env(std::env::vars());
+        Ok(config)
+    }
+
+    /// Lets loopback through the egress guard (`almanac dev` does, and says so).
+    pub fn allow_loopback(&mut self) {
+        for net in ["127.0.0.0/8", "::1/128"] {
+            let net: ipnet::IpNet = net.parse().expect("a valid network");
+            if !self.egress.allow.contains(&net) {
+                self.egress.allow.push(net);
+            }
+        }
+    }
+
+    /// Parses a TOML document.
+    pub fn from_toml(text: &str, path: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            message: e.message().to_owned(),
+        })?;
+        config.check(path)?;
+        Ok(config)
+    }
+
+    /// Reads a TOML file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::from_toml(&text, &shown)
+    }
+
+    /// Cross-references: every secret a profile names exists, programs are absolute.
+    fn check(&self, path: &str) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        for (name, profile) in &self.smtp {
+            if let Some(secret) = &profile.password_secret
+                && !self.secrets.contains(secret)
+            {
+                return Err(invalid(format!(
+                    "smtp.{name}.password_secret names {secret:?}, which is not a secret"
+                )));
+            }
+        }
+        for program in &self.commands.allow {
+            if !program.is_absolute() {
+                return Err(invalid(format!(
+                    "commands.allow: {} is not an absolute path",
+                    program.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_configuration_parses() {
+        let text = r#"
+            [secrets]
+            smtp_password = "pw"
+            [smtp.default]
+            host = "127.0.0.1"
+            port = 2525
+            tls = "none"
+            username = "u"
+            password_secret = "smtp_password"
+            from = "Almanac <almanac@example.com>"
+            [egress]
+            allow = ["127.0.0.0/8", "::1/128"]
+            [commands]
+            allow = ["/bin/echo"]
+        "#;
+        let c = ActionsConfig::from_toml(text, "test.toml").unwrap();
+        assert_eq!(c.smtp["default"].port(), 2525);
+        assert_eq!(c.egress.allow.len(), 2);
+        assert_eq!(c.commands.allow, [PathBuf::from("/bin/echo")]);
+        assert!(!format!("{c:?}").contains("\"pw\""), "secrets never print");
+    }
+
+    #[test]
+    fn broken_references_and_unknown_keys_are_refused() {
+        let bad_ref = r#"
+            [smtp.default]
+            host = "h"
+            from = "a@b"
+            password_secret = "missing"
+        "#;
+        assert!(
+            ActionsConfig::from_toml(bad_ref, "t")
+                .unwrap_err()
+                .to_string()
+                .contains("missing")
+        );
+        assert!(ActionsConfig::from_toml("[egress]\nallow = [\"not a net\"]", "t").is_err());
+        assert!(ActionsConfig::from_toml("[commands]\nallow = [\"echo\"]", "t").is_err());
+        assert!(ActionsConfig::from_toml("surprise = 1", "t").is_err());
     }
 }

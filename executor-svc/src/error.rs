@@ -10,6 +10,10 @@ pub enum ExecutorError {
     /// The request is malformed; every problem is named with its field.
     #[error("invalid argument: {}", join(.0))]
     InvalidArgument(Vec<FieldViolation>),
+    /// The request is well formed but this executor's configuration refuses it (a
+    /// secret, SMTP profile or allow-listed program it does not have).
+    #[error("refused by this executor's configuration: {}", join(.0))]
+    FailedPrecondition(Vec<FieldViolation>),
     /// No such execution.
     #[error("{0} not found")]
     NotFound(String),
@@ -52,6 +56,9 @@ impl ExecutorError {
 /// What stops `server::run` from starting or finishing cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The configuration file is unusable.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

@@ -50,6 +50,26 @@ pub fn json_to_pb(value: &Value) -> PbValue {
     PbValue { kind: Some(kind) }
 }
 
+/// An action from its canonical JSON. Proto3 JSON cannot tell a JSON body of `null` from
+/// no body (pbjson reads `"jsonBody": null` as absent), so that one case is restored by
+/// hand.
+pub fn action_from_json(
+    raw: Value,
+) -> Result<almanac_proto::executor::v1::Action, serde_json::Error> {
+    use almanac_proto::executor::v1::{action::Kind, call_api_action::Body};
+    let null_body = raw.pointer("/callApi/jsonBody").is_some_and(Value::is_null);
+    let mut action: almanac_proto::executor::v1::Action = serde_json::from_value(raw)?;
+    if let Some(Kind::CallApi(call)) = &mut action.kind
+        && call.body.is_none()
+        && null_body
+    {
+        call.body = Some(Body::JsonBody(pbjson_types::Value {
+            kind: Some(pbjson_types::value::Kind::NullValue(0)),
+        }));
+    }
+    Ok(action)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

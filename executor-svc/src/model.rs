@@ -214,6 +214,24 @@ pub enum EventKind {
         /// Whether retrying could help.
         retryable: bool,
     },
+    /// A node will be attempted again after a backoff.
+    NodeRetrying {
+        /// The node.
+        node_id: String,
+        /// The coming attempt.
+        attempt: u32,
+        /// The wait before it.
+        backoff_ms: i64,
+    },
+    /// A running node reported progress.
+    Progress {
+        /// The node.
+        node_id: String,
+        /// 0 to 100.
+        percent: f64,
+        /// A short message.
+        message: String,
+    },
     /// The execution ended; always the last event.
     ExecutionFinished {
         /// The final status.
@@ -286,6 +304,24 @@ pub enum Transition {
         /// Whether retrying could help.
         retryable: bool,
     },
+    /// Only the event: the node will be attempted again after `backoff_ms`.
+    NodeRetrying {
+        /// The node.
+        node_id: String,
+        /// The coming attempt.
+        attempt: u32,
+        /// The wait before it.
+        backoff_ms: i64,
+    },
+    /// Only the event: a running node reported progress.
+    Progress {
+        /// The node.
+        node_id: String,
+        /// 0 to 100.
+        percent: f64,
+        /// A short message.
+        message: String,
+    },
     /// The execution's row gets its final status, result, error and finish time; node
     /// rows still RUNNING (left by a crash) are closed as CANCELLED.
     ExecutionFinished {
@@ -329,6 +365,24 @@ impl Transition {
                 attempt,
                 error,
                 retryable,
+            },
+            Self::NodeRetrying {
+                node_id,
+                attempt,
+                backoff_ms,
+            } => EventKind::NodeRetrying {
+                node_id,
+                attempt,
+                backoff_ms,
+            },
+            Self::Progress {
+                node_id,
+                percent,
+                message,
+            } => EventKind::Progress {
+                node_id,
+                percent,
+                message,
             },
             Self::ExecutionFinished {
                 status,

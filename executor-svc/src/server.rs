@@ -11,8 +11,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::actions::ActionRegistry;
-use crate::actions::call_api::build_http_client;
+use crate::actions::{ActionEnv, ActionRegistry};
 use crate::config::{Config, SHUTDOWN_GRACE};
 use crate::engine::{Engine, SystemClock};
 use crate::grpc::ExecutorGrpc;
@@ -27,7 +26,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let store: Arc<dyn ExecutorStore> = Arc::new(SqliteStore::open(&config.database_path).await?);
-    let registry = ActionRegistry::standard(build_http_client().map_err(ServerError::HttpClient)?);
+    let env = ActionEnv::new(config.actions.clone()).map_err(ServerError::HttpClient)?;
+    for net in env.egress.allowed() {
+        tracing::info!(network = %net, "egress guard: network allowed by configuration");
+    }
+    let registry = ActionRegistry::standard(&env);
     let stop = CancellationToken::new();
     let engine = Engine::new(
         Arc::clone(&store),

@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tracing_subscriber::EnvFilter;
 
+use crate::config::ActionsConfig;
 use crate::{Config, ServerError, server};
 
 /// How logs are written.
@@ -34,6 +35,10 @@ pub struct ServeArgs {
         default_value = "./.almanac/executor.db"
     )]
     pub database: PathBuf,
+    /// A TOML file of secrets, SMTP profiles, egress and command allow-lists (see
+    /// `config::ActionsConfig`); `ALMANAC_SECRET_<NAME>` variables add secrets.
+    #[arg(long, env = "ALMANAC_EXECUTOR_CONFIG")]
+    pub config: Option<PathBuf>,
     /// How many executions may run their actions at once.
     #[arg(long, env = "ALMANAC_EXECUTOR_MAX_CONCURRENT", default_value_t = 256)]
     pub max_concurrent_executions: usize,
@@ -62,6 +67,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     println!("executor listening on http://{addr}");
     let mut config = Config::new(args.database);
     config.max_concurrent_executions = args.max_concurrent_executions;
+    config.actions = ActionsConfig::load(args.config.as_deref())?;
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     tokio::spawn(signals(stop_tx));

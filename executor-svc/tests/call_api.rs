@@ -150,7 +150,7 @@ async fn a_500_fails_retryable_and_a_404_fails_for_good() {
         let key = format!("failing-{code}");
         let events = execute_all(
             &mut client,
-            execute_request(&key, call(&target.url(&format!("/status/{code}")))),
+            execute_request(&key, call_once(&target.url(&format!("/status/{code}")))),
         )
         .await;
         assert_eq!(

@@ -122,7 +122,7 @@ async fn a_call_in_flight_at_shutdown_completes_after_restart_with_the_same_key(
     assert_eq!(
         table,
         [
-            (1, NodeStatus::Failed as i32),
+            (1, NodeStatus::Cancelled as i32),
             (2, NodeStatus::Succeeded as i32)
         ]
     );

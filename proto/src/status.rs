@@ -21,6 +21,40 @@ pub fn invalid_argument(violations: &[FieldViolation]) -> Status {
     Status::with_error_details(Code::InvalidArgument, message, details)
 }
 
+/// `FAILED_PRECONDITION` for a request that is well formed but that this server's
+/// configuration refuses (a secret it does not have, a program it does not allow): the
+/// message lists every problem, and a `google.rpc.PreconditionFailure` detail carries
+/// one violation each (type `CONFIGURATION`, subject the field).
+pub fn failed_precondition(violations: &[FieldViolation]) -> Status {
+    let message = violations
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut details = ErrorDetails::new();
+    for v in violations {
+        details.add_precondition_failure_violation(
+            "CONFIGURATION",
+            v.field.clone(),
+            v.description.clone(),
+        );
+    }
+    Status::with_error_details(Code::FailedPrecondition, message, details)
+}
+
+/// The precondition violations carried by a status, as field violations.
+pub fn precondition_violations(status: &Status) -> Vec<FieldViolation> {
+    status
+        .get_details_precondition_failure()
+        .map(|pf| {
+            pf.violations
+                .into_iter()
+                .map(|v| FieldViolation::new(v.subject, v.description))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The field violations carried by a status, if any (for clients and tests).
 pub fn field_violations(status: &Status) -> Vec<FieldViolation> {
     status
@@ -52,5 +86,8 @@ mod tests {
                 .contains("schedule.max_runs: must be at least 1")
         );
         assert_eq!(field_violations(&status), sent);
+        let refused = failed_precondition(&sent);
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        assert_eq!(precondition_violations(&refused), sent);
     }
 }

@@ -23,6 +23,12 @@ pub enum SchedulerError {
     /// The operation is not valid in the current state.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The executor's configuration refuses the schedule's action.
+    #[error("refused by the executor: {}", join(.0))]
+    ActionRefused(Vec<FieldViolation>),
+    /// The executor could not be reached to validate an action.
+    #[error("{0}")]
+    ExecutorUnavailable(String),
     /// The store cannot be reached; the caller may retry.
     #[error("store unavailable")]
     Unavailable(#[source] StoreError),

@@ -70,7 +70,9 @@ pub async fn start_executor(dir: &Path) -> Service {
 pub async fn start_executor_at(dir: &Path, addr: &str) -> Service {
     let (listener, addr) = bind(addr).await;
     let (stop, stopped) = oneshot::channel::<()>();
-    let config = almanac_executor::config::Config::new(dir.join("executor.db"));
+    let mut config = almanac_executor::config::Config::new(dir.join("executor.db"));
+    // The tests' targets live on loopback, which the egress guard refuses by default.
+    config.actions.egress.allow = vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
     let task = tokio::spawn(async move {
         almanac_executor::server::run(config, listener, async {
             let _ = stopped.await;

@@ -14,7 +14,10 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::{ActionContext, ActionError, ActionHandler};
+use std::sync::Arc;
+
+use super::egress::EgressPolicy;
+use super::{ActionContext, ActionEnv, ActionError, ActionHandler};
 use crate::json::pb_to_json;
 
 /// At most this much of a response body is read.
@@ -31,7 +34,8 @@ const MAX_REDIRECTS: usize = 10;
 /// This is the seam of the egress guard (DESIGN §5.2, a later issue): the guard will
 /// install its resolver and redirect policy here. Until then no address is refused.
 /// Proxies from the environment are always ignored (they would bypass the guard).
-pub fn build_http_client() -> Result<reqwest::Client, reqwest::Error> {
+pub fn build_http_client(egress: Arc<EgressPolicy>) -> Result<reqwest::Client, reqwest::Error> {
+    let _ = egress;
     // reqwest is built without a bundled crypto provider; install ring once per process.
     // An error only means a provider is already installed, which is what we want.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -50,9 +54,11 @@ pub struct CallApiHandler {
 }
 
 impl CallApiHandler {
-    /// A handler sending through `client` (see `build_http_client`).
-    pub fn new(client: reqwest::Client) -> Self {
-        Self { client }
+    /// A handler sending through the environment's HTTP client.
+    pub fn new(env: Arc<ActionEnv>) -> Self {
+        Self {
+            client: env.http.clone(),
+        }
     }
 }
 
@@ -124,6 +130,7 @@ impl CallApiHandler {
                 message.push_str(excerpt.trim_end());
             }
             return Err(ActionError {
+                retry_after_ms: None,
                 message,
                 retryable: status_is_retryable(status),
             });
@@ -219,6 +226,7 @@ fn send_error(error: reqwest::Error, timeout: Duration) -> ActionError {
         "the request failed"
     };
     ActionError {
+        retry_after_ms: None,
         message: format!("{what}: {}", error_chain(&error.without_url())),
         retryable,
     }
@@ -290,6 +298,7 @@ mod tests {
             idempotency_key: "run-1/1".into(),
             node_id: "action".into(),
             attempt: 1,
+            try_number: 1,
             origin,
             deadline_ms,
             now_ms: 1_000,

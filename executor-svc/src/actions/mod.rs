@@ -3,11 +3,18 @@
 //! help. Adding a kind is adding a handler; a kind without one is refused at `Execute`.
 
 pub mod call_api;
+pub mod egress;
+pub mod retry;
+pub mod templates;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use almanac_proto::action::FieldViolation;
 use almanac_proto::executor::v1::{Origin, action::Kind};
+
+use self::egress::EgressPolicy;
+use crate::config::ActionsConfig;
 use async_trait::async_trait;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -21,8 +28,11 @@ pub struct ActionContext {
     pub idempotency_key: String,
     /// The node being run ("action" for a single action).
     pub node_id: String,
-    /// The node attempt, from 1.
+    /// The node attempt, from 1 (resumes after a crash count too).
     pub attempt: u32,
+    /// Which try of the action's retry policy this is, from 1. Unlike `attempt`, an
+    /// attempt cut short by a crash does not use a try: resuming it keeps the number.
+    pub try_number: u32,
     /// Where the work comes from (schedule id, run id, nominal time, run attempt).
     pub origin: Option<Origin>,
     /// When the execution must be over.
@@ -46,6 +56,8 @@ pub struct ActionError {
     pub message: String,
     /// Whether a retry might succeed (a transient failure) or cannot (a permanent one).
     pub retryable: bool,
+    /// How long the other side asked us to wait before trying again (`Retry-After`).
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ActionError {
@@ -54,6 +66,15 @@ impl ActionError {
         Self {
             message: message.into(),
             retryable: true,
+            retry_after_ms: None,
+        }
+    }
+
+    /// A transient failure whose other side named when to try again.
+    pub fn retry_after(message: impl Into<String>, after_ms: Option<u64>) -> Self {
+        Self {
+            retry_after_ms: after_ms,
+            ..Self::retryable(message)
         }
     }
 
@@ -62,6 +83,7 @@ impl ActionError {
         Self {
             message: message.into(),
             retryable: false,
+            retry_after_ms: None,
         }
     }
 }
@@ -71,6 +93,15 @@ impl ActionError {
 pub trait ActionHandler: Send + Sync {
     /// The kind's name, as in `almanac_proto::action::kind_name`.
     fn kind(&self) -> &'static str;
+
+    /// What this executor's configuration refuses in a well-formed action: a secret,
+    /// profile or program it does not have, a destination its egress guard refuses.
+    /// Paths are under `prefix` (e.g. `action.call_api`). Run at `Execute` and
+    /// `ValidateAction`; an empty list means the action can run here.
+    fn check(&self, action: &Kind, prefix: &str) -> Vec<FieldViolation> {
+        let _ = (action, prefix);
+        Vec::new()
+    }
 
     /// Runs the action once. `cancel` fires when the work must stop (terminate, deadline,
     /// shutdown); the runner also stops polling the future then, so a handler only needs
@@ -105,11 +136,10 @@ impl ActionRegistry {
         Self::default()
     }
 
-    /// The table of this version: `call_api`. (`run_task`, `execute_pipeline` and
-    /// `send_notification` are added by the issues that build them.)
-    pub fn standard(http: reqwest::Client) -> Self {
+    /// The table of this version: every kind but `execute_pipeline`.
+    pub fn standard(env: &Arc<ActionEnv>) -> Self {
         let mut registry = Self::new();
-        registry.register(Arc::new(call_api::CallApiHandler::new(http)));
+        registry.register(Arc::new(call_api::CallApiHandler::new(env.clone())));
         registry
     }
 
@@ -121,5 +151,37 @@ impl ActionRegistry {
     /// The handler of a kind, if this executor has one.
     pub fn get(&self, kind: &str) -> Option<Arc<dyn ActionHandler>> {
         self.handlers.get(kind).cloned()
+    }
+}
+
+/// What handlers share: the configuration (secrets, SMTP profiles, allow-lists), the
+/// egress guard, and the one HTTP client built with it.
+#[derive(Debug)]
+pub struct ActionEnv {
+    /// Secrets, SMTP profiles, egress allow-list, allowed programs.
+    pub config: ActionsConfig,
+    /// The egress guard.
+    pub egress: Arc<EgressPolicy>,
+    /// The HTTP client every HTTP action uses (the guard is built into it).
+    pub http: reqwest::Client,
+}
+
+impl ActionEnv {
+    /// Builds the guard and the HTTP client from the configuration.
+    pub fn new(config: ActionsConfig) -> Result<Arc<Self>, reqwest::Error> {
+        let egress = Arc::new(EgressPolicy::new(config.egress.allow.clone()));
+        let http = call_api::build_http_client(egress.clone())?;
+        Ok(Arc::new(Self {
+            config,
+            egress,
+            http,
+        }))
+    }
+
+    /// A violation naming a secret this executor does not have, if `name` is one.
+    pub fn missing_secret(&self, field: String, name: &str) -> Option<FieldViolation> {
+        (!name.is_empty() && !self.config.secrets.contains(name)).then(|| {
+            FieldViolation::new(field, format!("this executor has no secret named {name:?}"))
+        })
     }
 }

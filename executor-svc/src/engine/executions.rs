@@ -4,13 +4,14 @@
 
 use std::sync::Arc;
 
-use almanac_proto::action::kind_name;
+use almanac_proto::action::{FieldViolation, kind_name};
 use almanac_proto::executor::v1::{Action, ExecuteRequest, Origin};
 use almanac_proto::time::ms_to_timestamp;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
 use super::{Engine, EventStream, Live, runner};
+use crate::actions::templates;
 use crate::error::ExecutorError;
 use crate::model::{CancelMode, ExecutionRecord, ListQuery, NewExecution, NodeRunRecord};
 
@@ -72,23 +73,16 @@ impl Engine {
         if self.shutdown.is_cancelled() {
             return Err(ExecutorError::ShuttingDown);
         }
-        if let Some(kind) = request.action.kind.as_ref()
-            && self.registry.get(kind_name(kind)).is_none()
-        {
-            return Err(ExecutorError::invalid(
-                format!("action.{}", kind_name(kind)),
-                format!(
-                    "this executor has no handler for {} actions",
-                    kind_name(kind)
-                ),
-            ));
-        }
+        self.check_form(Some(&request.action), "action")?;
         let fingerprint = fingerprint(&request);
         let key = &request.idempotency_key;
 
         let record = match self.store.find_by_key(key).await? {
             Some(existing) => existing,
             None => {
+                // Only a new execution asks the configuration: one already running keeps
+                // running (and can be re-attached to) whatever changed since.
+                self.check_configuration(&request.action, "action")?;
                 let new = NewExecution {
                     id: uuid::Uuid::now_v7().to_string(),
                     idempotency_key: key.clone(),
@@ -121,6 +115,53 @@ impl Engine {
             )));
         }
         Ok(self.event_stream(record.id, after_seq))
+    }
+
+    /// Whether this executor can run `action`: well formed, templates that parse and use
+    /// known names (`InvalidArgument`), and what its configuration allows — secrets,
+    /// profiles, programs, destinations (`FailedPrecondition`). Runs nothing.
+    pub fn validate_action(
+        &self,
+        action: Option<&Action>,
+        prefix: &str,
+    ) -> Result<(), ExecutorError> {
+        self.check_form(action, prefix)?;
+        match action {
+            Some(action) => self.check_configuration(action, prefix),
+            None => Ok(()),
+        }
+    }
+
+    fn check_form(&self, action: Option<&Action>, prefix: &str) -> Result<(), ExecutorError> {
+        let mut problems = almanac_proto::action::validate(action, prefix);
+        if let Some(action) = action.filter(|_| problems.is_empty()) {
+            problems.extend(templates::check(action, prefix));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ExecutorError::InvalidArgument(problems))
+        }
+    }
+
+    fn check_configuration(&self, action: &Action, prefix: &str) -> Result<(), ExecutorError> {
+        let Some(kind) = action.kind.as_ref() else {
+            return Ok(());
+        };
+        let name = kind_name(kind);
+        let path = format!("{prefix}.{name}");
+        let refused = match self.registry.get(name) {
+            None => vec![FieldViolation::new(
+                path,
+                format!("this executor has no handler for {name} actions"),
+            )],
+            Some(handler) => handler.check(kind, &path),
+        };
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(ExecutorError::FailedPrecondition(refused))
+        }
     }
 
     /// Streams the events of an execution with `seq > after_seq` until it finishes.

@@ -14,6 +14,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::plan::{Plan, PlanNode};
 use super::{Engine, Live};
+use almanac_proto::executor::v1::Action;
+
+use crate::actions::retry::Backoff;
+use crate::actions::templates::{self, RunContext};
 use crate::actions::{ActionContext, ActionError};
 use crate::error::ExecutorError;
 use crate::model::{ExecutionRecord, ExecutionStatus, NodeRunRecord, NodeStatus, Transition};
@@ -80,10 +84,12 @@ async fn drive(engine: &Arc<Engine>, id: &str, live: &Live) -> Result<(), Stop> 
         engine
             .append(
                 id,
+                // CANCELLED, not FAILED: an interrupted attempt uses no try of the
+                // retry policy; the node is attempted again with the same key.
                 Transition::NodeFailed {
                     node_id: run.node_id.clone(),
                     attempt: run.attempt,
-                    status: NodeStatus::Failed,
+                    status: NodeStatus::Cancelled,
                     error: "interrupted: the executor stopped while this attempt was in flight"
                         .into(),
                     retryable: true,
@@ -126,18 +132,60 @@ async fn drive(engine: &Arc<Engine>, id: &str, live: &Live) -> Result<(), Stop> 
         if deadline_passed(engine, &record) {
             return finish_timed_out(engine, id).await;
         }
-        let attempt = attempts.iter().map(|r| r.attempt).max().unwrap_or(0) + 1;
-        match run_node(engine, &record, live, node, attempt).await? {
-            Outcome::Succeeded(output) => result = Some(output),
-            Outcome::Failed(error) => {
-                if live.stop_new.is_cancelled() {
-                    return finish_cancelled(engine, id).await;
+        let mut attempt = attempts.iter().map(|r| r.attempt).max().unwrap_or(0) + 1;
+        // Tries of the retry policy used so far: real failures only, not interruptions.
+        let mut try_number = attempts
+            .iter()
+            .filter(|r| r.status == NodeStatus::Failed)
+            .count() as u32
+            + 1;
+        let backoff = Backoff::for_action(&node.action);
+        loop {
+            match run_node(engine, &record, live, node, attempt, try_number).await? {
+                Outcome::Succeeded(output) => {
+                    result = Some(output);
+                    break;
                 }
-                let status = ExecutionStatus::Failed;
-                return finish(engine, id, status, None, error.message, error.retryable).await;
+                Outcome::Failed(error) => {
+                    if live.stop_new.is_cancelled() {
+                        return finish_cancelled(engine, id).await;
+                    }
+                    let delay = error
+                        .retryable
+                        .then(|| backoff.delay_before(try_number + 1, error.retry_after_ms))
+                        .flatten()
+                        .filter(|&d| {
+                            record
+                                .deadline_ms
+                                .is_none_or(|dl| (engine.clock.now_ms() + d as i64) < dl)
+                        });
+                    let Some(delay) = delay else {
+                        let message = if try_number > 1 {
+                            format!("failed after {try_number} tries: {}", error.message)
+                        } else {
+                            error.message
+                        };
+                        let status = ExecutionStatus::Failed;
+                        return finish(engine, id, status, None, message, error.retryable).await;
+                    };
+                    attempt += 1;
+                    try_number += 1;
+                    let retrying = Transition::NodeRetrying {
+                        node_id: node.id.clone(),
+                        attempt,
+                        backoff_ms: delay as i64,
+                    };
+                    engine.append(id, retrying).await?;
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(delay)) => {}
+                        () = live.stop_new.cancelled() => return finish_cancelled(engine, id).await,
+                        () = until_deadline(engine, record.deadline_ms) => return finish_timed_out(engine, id).await,
+                        () = engine.shutdown.cancelled() => return Err(Stop::Shutdown),
+                    }
+                }
+                Outcome::Cancelled => return finish_cancelled(engine, id).await,
+                Outcome::TimedOut => return finish_timed_out(engine, id).await,
             }
-            Outcome::Cancelled => return finish_cancelled(engine, id).await,
-            Outcome::TimedOut => return finish_timed_out(engine, id).await,
         }
     }
     // A graceful cancel lets the work in flight end, then the execution ends CANCELLED.
@@ -163,9 +211,28 @@ async fn run_node(
     live: &Live,
     node: &PlanNode,
     attempt: u32,
+    try_number: u32,
 ) -> Result<Outcome, Stop> {
     let id = record.id.as_str();
-    let input = serde_json::to_value(&record.action).unwrap_or(Value::Null);
+    // Templates are rendered per run; the node's input is the action as sent.
+    let run_context = RunContext::new(record.origin.as_ref(), id, &record.idempotency_key);
+    let rendered = templates::render(
+        &Action {
+            kind: Some(node.action.clone()),
+        },
+        &run_context,
+    )
+    .and_then(|a| {
+        a.kind
+            .ok_or_else(|| "the rendered action has no kind".to_owned())
+    });
+    let input = match &rendered {
+        Ok(kind) => serde_json::to_value(Action {
+            kind: Some(kind.clone()),
+        })
+        .unwrap_or(Value::Null),
+        Err(_) => serde_json::to_value(&record.action).unwrap_or(Value::Null),
+    };
     let started = engine
         .append(
             id,
@@ -179,17 +246,19 @@ async fn run_node(
         .await?;
     tracing::info!(execution_id = id, node_id = %node.id, attempt, kind = node.kind, "node started");
 
-    let outcome = match engine.registry.get(node.kind) {
-        None => Outcome::Failed(ActionError::permanent(format!(
+    let outcome = match (engine.registry.get(node.kind), rendered) {
+        (_, Err(problem)) => Outcome::Failed(ActionError::permanent(problem)),
+        (None, _) => Outcome::Failed(ActionError::permanent(format!(
             "this executor has no handler for {} actions",
             node.kind
         ))),
-        Some(handler) => {
+        (Some(handler), Ok(action)) => {
             let ctx = ActionContext {
                 execution_id: id.to_owned(),
                 idempotency_key: record.idempotency_key.clone(),
                 node_id: node.id.clone(),
                 attempt,
+                try_number,
                 origin: record.origin.clone(),
                 deadline_ms: record.deadline_ms,
                 now_ms: engine.clock.now_ms(),
@@ -198,7 +267,7 @@ async fn run_node(
             let _stop_handler = cancel.clone().drop_guard();
             tokio::select! {
                 biased;
-                result = handler.run(&ctx, &node.action, cancel.clone()) => match result {
+                result = handler.run(&ctx, &action, cancel.clone()) => match result {
                     Ok(output) => Outcome::Succeeded(output),
                     // The call's own timeout is bounded by the deadline: if the deadline
                     // has passed, that is why it failed.

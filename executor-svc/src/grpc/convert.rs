@@ -287,6 +287,24 @@ pub fn event(event: Event) -> pb::ExecutionEvent {
             error,
             retryable,
         }),
+        EventKind::NodeRetrying {
+            node_id,
+            attempt,
+            backoff_ms,
+        } => Kind::NodeRetrying(pb::NodeRetrying {
+            node_id,
+            attempt,
+            backoff: Some(ms_to_duration(backoff_ms)),
+        }),
+        EventKind::Progress {
+            node_id,
+            percent,
+            message,
+        } => Kind::Progress(pb::Progress {
+            node_id,
+            percent,
+            message,
+        }),
         EventKind::ExecutionFinished {
             status,
             result,

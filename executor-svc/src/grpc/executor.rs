@@ -122,4 +122,20 @@ impl ExecutorService for ExecutorGrpc {
             execution: Some(convert::execution(record, &[])),
         }))
     }
+
+    async fn validate_action(
+        &self,
+        request: Request<pb::ValidateActionRequest>,
+    ) -> Result<Response<pb::ValidateActionResponse>, Status> {
+        let req = request.into_inner();
+        let prefix = if req.field_prefix.is_empty() {
+            "action"
+        } else {
+            req.field_prefix.as_str()
+        };
+        self.engine
+            .validate_action(req.action.as_ref(), prefix)
+            .map_err(to_status)?;
+        Ok(Response::new(pb::ValidateActionResponse {}))
+    }
 }

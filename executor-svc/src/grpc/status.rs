@@ -11,6 +11,9 @@ pub fn to_status(error: ExecutorError) -> Status {
         ExecutorError::InvalidArgument(violations) => {
             almanac_proto::status::invalid_argument(&violations)
         }
+        ExecutorError::FailedPrecondition(violations) => {
+            almanac_proto::status::failed_precondition(&violations)
+        }
         ExecutorError::NotFound(what) => Status::not_found(format!("{what} not found")),
         ExecutorError::AlreadyExists(message) => Status::already_exists(message),
         ExecutorError::AlreadyFinished(id) => {

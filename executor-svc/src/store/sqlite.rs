@@ -413,6 +413,8 @@ async fn apply(
             .execute(&mut **tx)
             .await
         }
+        // The event is the whole record of these two.
+        Transition::NodeRetrying { .. } | Transition::Progress { .. } => return Ok(()),
         Transition::ExecutionFinished {
             status,
             result,

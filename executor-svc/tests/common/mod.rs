@@ -210,6 +210,20 @@ pub fn call(url: &str) -> Action {
     }
 }
 
+/// A `call_api` GET of `url` tried once: no retry inside the execution.
+pub fn call_once(url: &str) -> Action {
+    Action {
+        kind: Some(Kind::CallApi(CallApiAction {
+            url: url.into(),
+            retry: Some(almanac_proto::executor::v1::RetryPolicy {
+                max_attempts: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+    }
+}
+
 /// An `ExecuteRequest` with `key` and `action`.
 pub fn execute_request(key: &str, action: Action) -> ExecuteRequest {
     ExecuteRequest {

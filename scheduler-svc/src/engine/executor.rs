@@ -2,6 +2,7 @@
 //! it) and read its events. The tonic implementation lives in `grpc::executor_client`;
 //! the engine never sees a tonic type.
 
+use almanac_proto::action::FieldViolation;
 use almanac_proto::executor::v1::Action;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -59,9 +60,27 @@ pub enum CallError {
 /// A stream of an execution's events.
 pub type EventStream = BoxStream<'static, Result<ExecEvent, CallError>>;
 
+/// Why the executor would not run an action.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ActionRefusal {
+    /// The action is malformed (each problem names its field).
+    #[error("invalid action")]
+    Invalid(Vec<FieldViolation>),
+    /// The executor's configuration refuses it (a secret, profile or program it lacks).
+    #[error("refused by the executor's configuration")]
+    Refused(Vec<FieldViolation>),
+    /// The executor could not be asked.
+    #[error("executor unavailable: {0}")]
+    Unavailable(String),
+}
+
 /// The executor, as the engine calls it.
 #[async_trait]
 pub trait ExecutorClient: Send + Sync + 'static {
     /// Starts or re-attaches to the execution of `call.key`.
     async fn execute(&self, call: ExecuteCall) -> Result<EventStream, CallError>;
+
+    /// Asks whether the executor can run `action` (nothing runs); problems are named
+    /// under `prefix`.
+    async fn validate_action(&self, action: &Action, prefix: &str) -> Result<(), ActionRefusal>;
 }

@@ -49,6 +49,7 @@ pub struct Engine {
     pub(crate) timer: Arc<Timer>,
     pub(crate) dispatcher: Arc<Dispatcher>,
     pub(crate) specs: Arc<SpecCache>,
+    pub(crate) executor: Arc<dyn ExecutorClient>,
 }
 
 impl Engine {
@@ -63,7 +64,7 @@ impl Engine {
         let dispatcher = Dispatcher::new(
             store.clone(),
             clock.clone(),
-            executor,
+            executor.clone(),
             config.max_in_flight_dispatches,
         );
         let timer = Timer::new(config.claim_batch);
@@ -73,6 +74,7 @@ impl Engine {
             timer,
             dispatcher,
             specs,
+            executor,
         })
     }
 

@@ -191,6 +191,9 @@ impl Engine {
         if !problems.is_empty() {
             return Err(SchedulerError::InvalidArgument(problems));
         }
+        if let Some(action) = &input.action {
+            self.ask_executor(action).await?;
+        }
         let now = self.clock.now_ms();
         let (Some(spec), Some(action)) = (input.spec, input.action) else {
             unreachable!("violations() requires spec and action");
@@ -239,6 +242,26 @@ impl Engine {
         tracing::info!(schedule_id = %schedule.id, next_fire_ms = ?schedule.next_fire_ms, "schedule created");
         self.timer.upsert(&schedule.id, schedule.next_fire_ms);
         Ok(schedule)
+    }
+
+    /// Asks the executor whether it can run `action`: the secrets, profiles and programs
+    /// it names exist there, its templates parse. The scheduler never sees the
+    /// executor's configuration, only this answer.
+    async fn ask_executor(
+        &self,
+        action: &almanac_proto::executor::v1::Action,
+    ) -> Result<(), SchedulerError> {
+        use super::executor::ActionRefusal;
+        match self
+            .executor
+            .validate_action(action, "schedule.action")
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(ActionRefusal::Invalid(v)) => Err(SchedulerError::InvalidArgument(v)),
+            Err(ActionRefusal::Refused(v)) => Err(SchedulerError::ActionRefused(v)),
+            Err(ActionRefusal::Unavailable(why)) => Err(SchedulerError::ExecutorUnavailable(why)),
+        }
     }
 
     /// One schedule.
@@ -371,6 +394,11 @@ impl Engine {
             }
             Ok(())
         };
+        if paths.contains(&"action")
+            && let Some(action) = &input.action
+        {
+            self.ask_executor(action).await?;
+        }
         let updated = self.store.modify_schedule(id, &change).await?;
         specs.remove(id);
         self.timer.upsert(id, active_next(&updated));

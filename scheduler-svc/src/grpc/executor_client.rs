@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use almanac_proto::executor::v1::{
-    ExecuteRequest, ExecutionStatus, Origin, execution_event::Kind,
+    Action, ExecuteRequest, ExecutionStatus, Origin, ValidateActionRequest, execution_event::Kind,
     executor_service_client::ExecutorServiceClient,
 };
 use almanac_proto::time::{ms_to_timestamp, timestamp_to_ms};
@@ -14,7 +14,9 @@ use futures::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use crate::engine::executor::{CallError, EventStream, ExecEvent, ExecuteCall, ExecutorClient};
+use crate::engine::executor::{
+    ActionRefusal, CallError, EventStream, ExecEvent, ExecuteCall, ExecutorClient,
+};
 use crate::model::RunStatus;
 
 /// The executor over one HTTP/2 channel (many concurrent streams).
@@ -120,5 +122,47 @@ impl ExecutorClient for GrpcExecutorClient {
                 Err(status) => Err(classify(&status)),
             })
             .boxed())
+    }
+
+    async fn validate_action(&self, action: &Action, prefix: &str) -> Result<(), ActionRefusal> {
+        let mut client = self.client.clone();
+        let request = ValidateActionRequest {
+            action: Some(action.clone()),
+            field_prefix: prefix.to_owned(),
+        };
+        match client.validate_action(request).await {
+            Ok(_) => Ok(()),
+            Err(status) => Err(match status.code() {
+                Code::InvalidArgument => ActionRefusal::Invalid(with_fallback(
+                    almanac_proto::status::field_violations(&status),
+                    prefix,
+                    &status,
+                )),
+                Code::FailedPrecondition => ActionRefusal::Refused(with_fallback(
+                    almanac_proto::status::precondition_violations(&status),
+                    prefix,
+                    &status,
+                )),
+                _ => {
+                    ActionRefusal::Unavailable(format!("{:?}: {}", status.code(), status.message()))
+                }
+            }),
+        }
+    }
+}
+
+/// The violations a status carried, or one made of its message when it carried none.
+fn with_fallback(
+    violations: Vec<almanac_proto::action::FieldViolation>,
+    prefix: &str,
+    status: &Status,
+) -> Vec<almanac_proto::action::FieldViolation> {
+    if violations.is_empty() {
+        vec![almanac_proto::action::FieldViolation::new(
+            prefix,
+            status.message(),
+        )]
+    } else {
+        violations
     }
 }

@@ -14,6 +14,15 @@ impl From<SchedulerError> for Status {
             SchedulerError::AlreadyExists(what) => Status::already_exists(what),
             SchedulerError::Aborted(why) => Status::aborted(why),
             SchedulerError::FailedPrecondition(why) => Status::failed_precondition(why),
+            SchedulerError::ActionRefused(violations) => {
+                almanac_proto::status::failed_precondition(&violations)
+            }
+            SchedulerError::ExecutorUnavailable(why) => {
+                tracing::warn!(error = %why, "executor unavailable for validation");
+                Status::unavailable(
+                    "the executor cannot be reached to validate the action; retry later",
+                )
+            }
             SchedulerError::Unavailable(source) => {
                 tracing::warn!(error = %source, error_detail = ?source, "store unavailable");
                 Status::unavailable("the scheduler's store is unavailable; retry later")

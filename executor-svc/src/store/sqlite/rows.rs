@@ -1,8 +1,7 @@
 //! Decoding SQLite rows into the executor's records, and the JSON encoding of the columns
 //! that hold JSON. A row that does not decode is `ExecutorError::Corrupt`, never a panic.
 
-use almanac_proto::executor::v1::call_api_action::Body;
-use almanac_proto::executor::v1::{Action, Origin, action::Kind};
+use almanac_proto::executor::v1::{Action, Origin};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::Row;
@@ -48,24 +47,11 @@ fn opt_json<T: DeserializeOwned>(
         .transpose()
 }
 
-/// Decodes a stored action. Proto3 JSON cannot tell a JSON body of `null` from no body
-/// (pbjson reads `"jsonBody": null` as absent), so that one case is restored by hand.
+/// Decodes a stored action (see `json::action_from_json` for the one case pbjson loses).
 pub(super) fn decode_action(text: &str) -> Result<Action, ExecutorError> {
-    let mut action: Action = decode_json("action", text)?;
-    if let Some(Kind::CallApi(call)) = &mut action.kind
-        && call.body.is_none()
-    {
-        let raw: serde_json::Value = decode_json("action", text)?;
-        if raw
-            .pointer("/callApi/jsonBody")
-            .is_some_and(|v| v.is_null())
-        {
-            call.body = Some(Body::JsonBody(pbjson_types::Value {
-                kind: Some(pbjson_types::value::Kind::NullValue(0)),
-            }));
-        }
-    }
-    Ok(action)
+    let raw: serde_json::Value = decode_json("action", text)?;
+    crate::json::action_from_json(raw)
+        .map_err(|e| ExecutorError::Corrupt(format!("column action: {e}")))
 }
 
 pub(super) fn execution_from_row(row: &SqliteRow) -> Result<ExecutionRecord, ExecutorError> {
