@@ -7,6 +7,7 @@ use std::{env, error::Error, fs, path::PathBuf};
 const PROTOS: &[&str] = &[
     "almanac/executor/v1/action.proto",
     "almanac/executor/v1/executor.proto",
+    "almanac/executor/v1/pipeline.proto",
     "almanac/executor/v1/worker.proto",
     "almanac/scheduler/v1/scheduler.proto",
 ];

@@ -1,6 +1,6 @@
 //! The command line as clap types: global flags, the command tree, and the few value enums
 //! that map one-to-one onto proto enums. Parsing only; the commands live in `schedule.rs`,
-//! `execution.rs` and `dev.rs`.
+//! `pipeline.rs`, `execution.rs` and `dev.rs`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -61,6 +61,9 @@ pub enum Command {
     /// Create, inspect and drive schedules.
     #[command(subcommand)]
     Schedule(ScheduleCmd),
+    /// Store, inspect, validate and run pipelines (DAGs of nodes) on the executor.
+    #[command(subcommand)]
+    Pipeline(PipelineCmd),
     /// Inspect, follow and cancel executions.
     #[command(subcommand)]
     Execution(ExecutionCmd),
@@ -230,13 +233,87 @@ pub struct RunsArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum PipelineCmd {
+    /// Store a new pipeline (version 1) from a YAML or JSON file ("-" for stdin).
+    Create {
+        /// A `Pipeline` message as YAML or JSON (proto field names, camelCase or snake_case).
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Store a new version of a pipeline from a file; running executions keep theirs.
+    Update {
+        /// A `Pipeline` message as YAML or JSON; its `id` names the pipeline.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+        /// Only if the latest stored version is this one.
+        #[arg(long, value_name = "N")]
+        expected_version: Option<i64>,
+    },
+    /// Show a pipeline: its nodes (kind, join, retry, timeout) and edges.
+    #[command(disable_version_flag = true)]
+    Get {
+        /// The pipeline's id.
+        id: String,
+        /// This version (default: the latest).
+        #[arg(long, value_name = "N")]
+        version: Option<i64>,
+    },
+    /// List pipelines (their latest versions) by id.
+    List {
+        /// At most this many per page.
+        #[arg(long, allow_negative_numbers = true)]
+        page_size: Option<i32>,
+        /// Continue from a previous page.
+        #[arg(long)]
+        page_token: Option<String>,
+    },
+    /// Delete a pipeline and all its versions.
+    Delete {
+        /// The pipeline's id.
+        id: String,
+    },
+    /// Ask the executor whether a file is a valid pipeline; exit 2 if it is not.
+    Validate {
+        /// A `Pipeline` message as YAML or JSON ("-" for stdin).
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Run a stored pipeline and follow its nodes; exit 0 only if it succeeds.
+    Run(PipelineRunArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(disable_version_flag = true)]
+pub struct PipelineRunArgs {
+    /// The pipeline's id.
+    pub id: String,
+    /// Run this version (default: the latest when the execution starts).
+    #[arg(long, value_name = "N")]
+    pub version: Option<i64>,
+    /// The execution's input, a JSON object (seen by nodes as `input`).
+    #[arg(long, value_name = "JSON", conflicts_with = "input_file")]
+    pub input: Option<String>,
+    /// Read the input object from a JSON or YAML file ("-" for stdin).
+    #[arg(long, value_name = "FILE")]
+    pub input_file: Option<PathBuf>,
+    /// The idempotency key: the same key with the same request attaches to the execution
+    /// already started (default: a new key).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Print the execution id and return without following it.
+    #[arg(long = "no-watch", action = clap::ArgAction::SetFalse)]
+    pub watch: bool,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ExecutionCmd {
     /// Show an execution: status, result, error and its node table.
     Get { id: String },
-    /// Print the execution's events as they happen; exit 0 only if it succeeds.
+    /// Follow an execution until it ends; exit 0 only if it succeeds. On a terminal, a
+    /// table of its nodes redrawn in place; otherwise one line per event.
     Watch {
         id: String,
-        /// Only events after this seq.
+        /// Only events after this seq (the line-per-event output).
         #[arg(long, default_value_t = 0)]
         after_seq: u64,
     },
@@ -420,6 +497,22 @@ mod tests {
         assert!(parse(&[&cron[..], &["--tz", "UTC"]].concat()).is_ok());
         assert!(parse(&[&cron[..], &["--offset", "5s"]].concat()).is_err());
         assert!(parse(&["schedule", "preview", "walk", "--tz", "UTC"]).is_err());
+    }
+
+    #[test]
+    fn pipeline_run_watches_unless_told_not_to_and_takes_one_input() {
+        let run = |args: &[&str]| match parse(&[&["pipeline", "run", "p"], args].concat()) {
+            Ok(Cli {
+                command: Command::Pipeline(PipelineCmd::Run(args)),
+                ..
+            }) => Ok(args),
+            Ok(other) => panic!("not a pipeline run: {other:?}"),
+            Err(e) => Err(e),
+        };
+        assert!(run(&[]).unwrap().watch);
+        assert!(!run(&["--no-watch"]).unwrap().watch);
+        assert!(run(&["--input", "{}", "--input-file", "x.json"]).is_err());
+        assert!(parse(&["pipeline", "create"]).is_err(), "-f is required");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use almanac_proto::executor::v1::executor_service_client::ExecutorServiceClient;
+use almanac_proto::executor::v1::pipeline_service_client::PipelineServiceClient;
 use almanac_proto::scheduler::v1::scheduler_service_client::SchedulerServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
@@ -18,10 +18,16 @@ pub async fn scheduler(endpoint: &str) -> Result<SchedulerServiceClient<Channel>
     ))
 }
 
-/// A client of the executor at `endpoint`.
-pub async fn executor(endpoint: &str) -> Result<ExecutorServiceClient<Channel>, CliError> {
-    Ok(ExecutorServiceClient::new(
-        connect("executor", endpoint).await?,
+/// A connection to the executor at `endpoint`, for its ExecutorService and its
+/// PipelineService alike (they are served together).
+pub async fn executor_channel(endpoint: &str) -> Result<Channel, CliError> {
+    connect("executor", endpoint).await
+}
+
+/// A client of the executor's pipelines at `endpoint`.
+pub async fn pipelines(endpoint: &str) -> Result<PipelineServiceClient<Channel>, CliError> {
+    Ok(PipelineServiceClient::new(
+        executor_channel(endpoint).await?,
     ))
 }
 

@@ -22,6 +22,8 @@ pub enum CliError {
     Usage(String),
     /// A watched execution ended without succeeding (already printed).
     Unsuccessful(String),
+    /// The server checked the input and found problems (already printed).
+    Invalid(String),
     /// Anything else local (I/O, the dev servers).
     Local(anyhow::Error),
 }
@@ -50,7 +52,7 @@ impl CliError {
                 | Code::Aborted => 2,
                 _ => 1,
             },
-            Self::Usage(_) => 2,
+            Self::Usage(_) | Self::Invalid(_) => 2,
             Self::Connect { .. } | Self::Unsuccessful(_) | Self::Local(_) => 1,
         }
     }
@@ -66,6 +68,13 @@ impl CliError {
                 )];
                 for v in almanac_proto::status::field_violations(status) {
                     lines.push(format!("  - {}: {}", v.field, v.description));
+                }
+                if status.code() == Code::Unimplemented {
+                    lines.push(
+                        "hint: the service at this endpoint does not offer this call \
+                         (an older version?)"
+                            .to_owned(),
+                    );
                 }
                 if status.code() == Code::Unavailable {
                     lines.push(
@@ -91,7 +100,9 @@ impl CliError {
                 ),
             ],
             Self::Usage(message) => vec![format!("error: {message}")],
-            Self::Unsuccessful(message) => vec![format!("error: {message}")],
+            Self::Unsuccessful(message) | Self::Invalid(message) => {
+                vec![format!("error: {message}")]
+            }
             Self::Local(error) => vec![format!("error: {error:#}")],
         }
     }

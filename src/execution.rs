@@ -1,22 +1,22 @@
-//! `almanac execution ...`: get (with the node table), watch (one line per event as it
-//! arrives; the exit code says whether the execution succeeded), cancel and list, each
-//! against the executor's ExecutorService.
+//! `almanac execution ...`: get (with the node table), watch (the live node view on a
+//! terminal, else one line per event, see `live.rs`; the exit code says whether the
+//! execution succeeded), cancel and list, each against the executor's ExecutorService.
 
+use almanac_proto::executor::v1::executor_service_client::ExecutorServiceClient;
 use almanac_proto::executor::v1::{
     CancelExecutionRequest, CancelMode, Execution, ExecutionEvent, ExecutionStatus,
-    GetExecutionRequest, ListExecutionsRequest, NodeStatus, WatchExecutionRequest,
-    execution_event::Kind,
+    GetExecutionRequest, ListExecutionsRequest, NodeStatus, execution_event::Kind,
 };
-use tokio_stream::StreamExt;
 
 use crate::cli::{ExecutionCmd, Output};
 use crate::error::CliError;
-use crate::output::{self, Table, label, or_dash, outln, print_json, print_json_line, time};
+use crate::output::{self, Table, label, or_dash, outln, print_json, time};
 use crate::schedule_view;
 
 /// Runs one `execution` subcommand against the executor at `endpoint`.
 pub async fn run(cmd: ExecutionCmd, endpoint: &str, out: Output) -> Result<(), CliError> {
-    let mut client = crate::client::executor(endpoint).await?;
+    let channel = crate::client::executor_channel(endpoint).await?;
+    let mut client = ExecutorServiceClient::new(channel.clone());
     match cmd {
         ExecutionCmd::Get { id } => {
             let request = GetExecutionRequest {
@@ -31,45 +31,7 @@ pub async fn run(cmd: ExecutionCmd, endpoint: &str, out: Output) -> Result<(), C
             Ok(())
         }
         ExecutionCmd::Watch { id, after_seq } => {
-            let request = WatchExecutionRequest {
-                execution_id: id.clone(),
-                after_seq,
-            };
-            let mut stream = client.watch_execution(request).await?.into_inner();
-            let mut finished = None;
-            while let Some(message) = stream.next().await {
-                let Some(event) = message?.event else {
-                    continue;
-                };
-                if let Some(Kind::ExecutionFinished(f)) = &event.kind {
-                    finished = Some((f.status, f.error.clone()));
-                }
-                match out {
-                    Output::Json => print_json_line(&event)?,
-                    Output::Text => outln!("{}", event_line(&event)),
-                }
-            }
-            // Nothing after `after_seq` (or a stream cut short): ask for the outcome.
-            let (status, error) = match finished {
-                Some(outcome) => outcome,
-                None => {
-                    let request = GetExecutionRequest {
-                        execution_id: id.clone(),
-                        idempotency_key: String::new(),
-                    };
-                    let e = client.get_execution(request).await?.into_inner().execution;
-                    let e = e.unwrap_or_default();
-                    (e.status, e.error)
-                }
-            };
-            if status == ExecutionStatus::Succeeded as i32 {
-                return Ok(());
-            }
-            let mut message = format!("execution {id} did not succeed: {}", exec_status(status));
-            if !error.is_empty() {
-                message.push_str(&format!(": {error}"));
-            }
-            Err(CliError::Unsuccessful(message))
+            crate::live::watch(channel, id, after_seq, out).await
         }
         ExecutionCmd::Cancel {
             id,
@@ -140,7 +102,8 @@ pub async fn run(cmd: ExecutionCmd, endpoint: &str, out: Output) -> Result<(), C
     }
 }
 
-fn exec_status(status: i32) -> String {
+/// `succeeded`, `timed_out`, ...
+pub fn exec_status(status: i32) -> String {
     ExecutionStatus::try_from(status)
         .map(|s| label(s.as_str_name(), "EXECUTION_STATUS_"))
         .unwrap_or_else(|_| status.to_string())

@@ -7,10 +7,16 @@ mod client;
 mod dev;
 mod error;
 mod execution;
+mod live;
 mod output;
+mod pipeline;
+mod pipeline_file;
+mod pipeline_view;
+mod proto_fields;
 mod schedule;
 mod schedule_view;
 mod spec_args;
+mod watch_view;
 
 use std::process::ExitCode;
 
@@ -30,6 +36,7 @@ async fn main() -> ExitCode {
             .await
             .map_err(|e| anyhow::Error::new(e).context("the executor failed").into()),
         Command::Schedule(cmd) => schedule::run(cmd, &cli.scheduler, cli.output).await,
+        Command::Pipeline(cmd) => pipeline::run(cmd, &cli.executor, cli.output).await,
         Command::Execution(cmd) => execution::run(cmd, &cli.executor, cli.output).await,
     };
     match result {

@@ -97,12 +97,19 @@ impl Table {
 
 /// Prints `key  value` lines with the keys aligned, skipping empty values.
 pub fn print_fields(fields: &[(&str, String)]) {
-    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    for (key, value) in fields {
-        if !value.is_empty() {
-            outln!("{key:<width$}  {value}");
-        }
+    for line in render_fields(fields) {
+        outln!("{line}");
     }
+}
+
+/// The lines of [`print_fields`].
+pub fn render_fields(fields: &[(&str, String)]) -> Vec<String> {
+    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    fields
+        .iter()
+        .filter(|(_, value)| !value.is_empty())
+        .map(|(key, value)| format!("{key:<width$}  {value}"))
+        .collect()
 }
 
 /// RFC 3339 UTC with milliseconds, or `-` when absent.

@@ -24,6 +24,10 @@ pub enum ExecutorError {
     /// lost race that the caller resolves by reading the execution again).
     #[error("execution {0} has already finished")]
     AlreadyFinished(String),
+    /// A worker's call does not fit its task's state: the lease expired or was
+    /// superseded, or the task has ended (the message says which).
+    #[error("{0}")]
+    TaskPrecondition(String),
     /// The executor is shutting down and takes no new work.
     #[error("the executor is shutting down")]
     ShuttingDown,

@@ -12,6 +12,7 @@ pub mod error;
 pub mod grpc;
 pub mod json;
 pub mod model;
+pub mod pipeline;
 pub mod secrets;
 pub mod server;
 pub mod standalone;

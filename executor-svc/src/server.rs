@@ -1,20 +1,24 @@
-//! Wires the executor together and serves it: opens and migrates the store, resumes what
-//! a previous process left running, serves `ExecutorService`, gRPC health and reflection
-//! on the given listener until `shutdown` resolves, then stops taking work and lets the
+//! Wires the executor together and serves it: opens and migrates the store, kills what
+//! commands of a crashed process left running, resumes what a previous process left
+//! running, serves `ExecutorService`, `WorkerService`, gRPC health and reflection on the
+//! given listener until `shutdown` resolves, then stops taking work and lets the
 //! event writes in flight finish (bounded by `SHUTDOWN_GRACE`).
 
 use std::future::Future;
 use std::sync::Arc;
 
 use almanac_proto::executor::v1::executor_service_server::ExecutorServiceServer;
+use almanac_proto::executor::v1::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::actions::run_task::RunTask;
 use crate::actions::{ActionEnv, ActionRegistry};
 use crate::config::{Config, SHUTDOWN_GRACE};
-use crate::engine::{Engine, SystemClock};
-use crate::grpc::ExecutorGrpc;
+use crate::engine::tasks::Workers;
+use crate::engine::{Clock, Engine, SystemClock};
+use crate::grpc::{ExecutorGrpc, WorkerGrpc};
 use crate::store::{ExecutorStore, SqliteStore};
 
 pub use crate::error::ServerError;
@@ -30,12 +34,19 @@ pub async fn run(
     for net in env.egress.allowed() {
         tracing::info!(network = %net, "egress guard: network allowed by configuration");
     }
-    let registry = ActionRegistry::standard(&env);
     let stop = CancellationToken::new();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let run_task = RunTask::new(&env, Arc::clone(&store), Arc::clone(&clock), stop.clone());
+    if let Err(e) = run_task.recover().await {
+        store.close().await;
+        return Err(ServerError::Resume(e));
+    }
+    let mut registry = ActionRegistry::standard(&env);
+    registry.register(run_task.clone());
     let engine = Engine::new(
         Arc::clone(&store),
         registry,
-        Arc::new(SystemClock),
+        clock,
         config.max_concurrent_executions,
         stop.clone(),
     );
@@ -51,12 +62,16 @@ pub async fn run(
     health
         .set_serving::<ExecutorServiceServer<ExecutorGrpc>>()
         .await;
+    health
+        .set_serving::<WorkerServiceServer<WorkerGrpc>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(almanac_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             // The descriptor set holds both services' protos: list only what is served.
             .with_service_name("almanac.executor.v1.ExecutorService")
+            .with_service_name("almanac.executor.v1.WorkerService")
             .with_service_name("grpc.health.v1.Health")
     };
     let reflection_v1 = reflection().build_v1()?;
@@ -76,6 +91,9 @@ pub async fn run(
             health
                 .set_not_serving::<ExecutorServiceServer<ExecutorGrpc>>()
                 .await;
+            health
+                .set_not_serving::<WorkerServiceServer<WorkerGrpc>>()
+                .await;
         }
     };
     let address = listener
@@ -90,12 +108,20 @@ pub async fn run(
         .add_service(ExecutorServiceServer::new(ExecutorGrpc::new(Arc::clone(
             &engine,
         ))))
+        .add_service(WorkerServiceServer::new(WorkerGrpc::new(Workers::new(
+            Arc::clone(&engine),
+            run_task.queues(),
+        ))))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
         .await;
 
     stop.cancel();
     if !engine.shut_down(SHUTDOWN_GRACE).await {
         tracing::warn!(grace = ?SHUTDOWN_GRACE, "runners still busy at the end of the shutdown grace");
+    }
+    // The runners have stopped, so the commands' supervisors are killing their groups.
+    if !run_task.shut_down(SHUTDOWN_GRACE).await {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "commands still being stopped at the end of the shutdown grace");
     }
     store.close().await;
     served?;

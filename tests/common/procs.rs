@@ -22,6 +22,13 @@ impl Proc {
     /// `almanac executor` on `listen` with its database in `dir`.
     pub fn executor(dir: &Path, listen: &str) -> Proc {
         let db = dir.join("executor.db");
+        // The tests' targets live on loopback, which the egress guard refuses by default.
+        let config = dir.join("executor.toml");
+        std::fs::write(
+            &config,
+            "[egress]\nallow = [\"127.0.0.0/8\", \"::1/128\"]\n",
+        )
+        .expect("write the executor's configuration");
         spawn(
             "executor",
             &[
@@ -30,6 +37,8 @@ impl Proc {
                 listen,
                 "--database",
                 db.to_str().unwrap(),
+                "--config",
+                config.to_str().unwrap(),
             ],
             dir,
         )

@@ -1,64 +1,70 @@
-//! The `call_api` action: one HTTP request with reqwest. It sends the action's method, URL,
-//! headers and JSON body with `Idempotency-Key` (the execution key) and, for scheduled
-//! work, `X-Almanac-Schedule-Id`, `X-Almanac-Run-Id` and `X-Almanac-Nominal-Time`; its
-//! output is the status, selected headers, body and duration.
+//! The `call_api` action: one HTTP request through the guarded client. It sends the
+//! action's method, URL (plus its query), headers, body and credentials (from a named
+//! secret) with `Idempotency-Key` and, for scheduled work, `X-Almanac-Schedule-Id`,
+//! `X-Almanac-Run-Id` and `X-Almanac-Nominal-Time`; its result is the status, kept
+//! headers, body (read up to a limit), whether it was cut, and the duration.
 
+mod auth;
+mod response;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use almanac_proto::action::DEFAULT_CALL_API_TIMEOUT_MS;
+use almanac_proto::action::{DEFAULT_CALL_API_TIMEOUT_MS, FieldViolation, is_template};
 use almanac_proto::executor::v1::{CallApiAction, action::Kind, call_api_action::Body};
 use almanac_proto::time::{duration_to_ms, ms_to_rfc3339, timestamp_to_ms};
 use async_trait::async_trait;
-use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use url::Url;
 
-use std::sync::Arc;
-
-use super::egress::EgressPolicy;
+pub use super::http::build_http_client;
+use super::http::{DEFAULT_MAX_REDIRECTS, RedirectRules, build_guarded_client, refusal};
 use super::{ActionContext, ActionEnv, ActionError, ActionHandler};
 use crate::json::pb_to_json;
+use auth::{credential, secret_field};
+use response::{
+    DEFAULT_MAX_RESPONSE_BYTES, accepted, kept_headers, output_body, read_body, redact_json,
+    redact_text, status_failure, system_time,
+};
 
-/// At most this much of a response body is read.
-const MAX_BODY_READ: usize = 1024 * 1024;
-/// A text (non-JSON) body kept in the output is cut to this many bytes.
-const MAX_TEXT_BODY: usize = 64 * 1024;
-/// A failure message quotes at most this many bytes of the body.
-const MAX_ERROR_BODY: usize = 512;
-/// Redirects followed before giving up.
-const MAX_REDIRECTS: usize = 10;
+/// The most redirects a client is built for (the action's validation allows no more).
+const MAX_REDIRECTS: u32 = 20;
 
-/// Builds the one HTTP client every outgoing call shares.
-///
-/// This is the seam of the egress guard (DESIGN §5.2, a later issue): the guard will
-/// install its resolver and redirect policy here. Until then no address is refused.
-/// Proxies from the environment are always ignored (they would bypass the guard).
-pub fn build_http_client(egress: Arc<EgressPolicy>) -> Result<reqwest::Client, reqwest::Error> {
-    let _ = egress;
-    // reqwest is built without a bundled crypto provider; install ring once per process.
-    // An error only means a provider is already installed, which is what we want.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
-        .connect_timeout(Duration::from_secs(10))
-        .user_agent(concat!("almanac-executor/", env!("CARGO_PKG_VERSION")))
-        .build()
-}
-
-/// Runs `call_api` actions with a shared client.
-#[derive(Debug, Clone)]
+/// Runs `call_api` actions.
+#[derive(Debug)]
 pub struct CallApiHandler {
-    client: reqwest::Client,
+    env: Arc<ActionEnv>,
+    /// Clients for redirect rules other than the default (`env.http`), built on first use.
+    clients: Mutex<HashMap<RedirectRules, reqwest::Client>>,
 }
 
 impl CallApiHandler {
-    /// A handler sending through the environment's HTTP client.
+    /// A handler sending through the environment's guarded client.
     pub fn new(env: Arc<ActionEnv>) -> Self {
         Self {
-            client: env.http.clone(),
+            env,
+            clients: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The guarded client that follows redirects by `rules`.
+    fn client(&self, rules: RedirectRules) -> Result<reqwest::Client, ActionError> {
+        if rules == RedirectRules::default() {
+            return Ok(self.env.http.clone());
+        }
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(client) = clients.get(&rules) {
+            return Ok(client.clone());
+        }
+        let client = build_guarded_client(Arc::clone(&self.env.egress), rules).map_err(|e| {
+            tracing::error!(error = %e, "cannot build an http client");
+            ActionError::retryable("the executor could not build an HTTP client")
+        })?;
+        clients.insert(rules, client.clone());
+        Ok(client)
     }
 }
 
@@ -66,6 +72,27 @@ impl CallApiHandler {
 impl ActionHandler for CallApiHandler {
     fn kind(&self) -> &'static str {
         "call_api"
+    }
+
+    fn check(&self, action: &Kind, prefix: &str) -> Vec<FieldViolation> {
+        let Kind::CallApi(call) = action else {
+            return Vec::new();
+        };
+        let mut refused = Vec::new();
+        if !is_template(&call.url)
+            && let Ok(url) = Url::parse(&call.url)
+            && let Err(refusal) = self.env.egress.check_url(&url)
+        {
+            refused.push(FieldViolation::new(
+                format!("{prefix}.url"),
+                refusal.to_string(),
+            ));
+        }
+        // Secret names are never rendered (templates.rs): a name is always literal.
+        if let Some((field, name)) = secret_field(call.auth.as_ref()) {
+            refused.extend(self.env.missing_secret(format!("{prefix}.{field}"), name));
+        }
+        refused
     }
 
     async fn run(
@@ -92,61 +119,118 @@ impl CallApiHandler {
                 ActionError::permanent(format!("{:?} is not an HTTP method", call.method))
             })?
         };
-        let timeout = request_timeout(ctx, call);
-        let mut request = self
-            .client
-            .request(method, &call.url)
-            .headers(request_headers(ctx, call)?)
-            .timeout(timeout);
-        if let Some(Body::JsonBody(body)) = &call.body {
-            request = request.json(&pb_to_json(body));
+        let url = target_url(call)?;
+        // IP literals never reach the resolver: the guard looks at them here, before
+        // anything is sent (redirect hops are checked by the client's redirect policy).
+        self.env
+            .egress
+            .check_url(&url)
+            .map_err(|refusal| ActionError::permanent(refusal.to_string()))?;
+        let credential = credential(&self.env.config.secrets, call.auth.as_ref())?;
+        let echoes = credential
+            .as_ref()
+            .map(|c| c.echoes.clone())
+            .unwrap_or_default();
+        let client = self.client(RedirectRules {
+            max_redirects: call
+                .max_redirects
+                .unwrap_or(DEFAULT_MAX_REDIRECTS)
+                .min(MAX_REDIRECTS),
+            same_origin_only: credential.as_ref().is_some_and(|c| c.api_key),
+        })?;
+
+        let mut headers = request_headers(ctx, call)?;
+        if let Some(c) = credential {
+            headers.insert(c.header, c.value);
         }
+        let timeout = request_timeout(ctx, call);
+        let mut request = client.request(method, url);
+        match &call.body {
+            Some(Body::JsonBody(body)) => request = request.json(&pb_to_json(body)),
+            Some(Body::RawBody(raw)) => {
+                // The body's own type, else a Content-Type header of the action, else bytes.
+                if !raw.content_type.is_empty() || !headers.contains_key(CONTENT_TYPE) {
+                    let content_type = match raw.content_type.as_str() {
+                        "" => "application/octet-stream",
+                        given => given,
+                    };
+                    let content_type = HeaderValue::from_str(content_type).map_err(|_| {
+                        ActionError::permanent("raw_body.content_type is not a valid header value")
+                    })?;
+                    headers.insert(CONTENT_TYPE, content_type);
+                }
+                request = request.body(raw.data.clone());
+            }
+            None => {}
+        }
+        let request = request.headers(headers).timeout(timeout);
 
         let started = Instant::now();
         let mut response = request.send().await.map_err(|e| send_error(e, timeout))?;
         let status = response.status();
+        let limit = match call.max_response_bytes {
+            0 => DEFAULT_MAX_RESPONSE_BYTES,
+            n => n,
+        };
+        let body = read_body(&mut response, limit)
+            .await
+            .map_err(|e| send_error(e, timeout))?;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        tracing::debug!(
+            execution_id = %ctx.execution_id,
+            node_id = %ctx.node_id,
+            status = status.as_u16(),
+            duration_ms,
+            bytes = body.bytes.len(),
+            cut = body.cut,
+            "call_api answered"
+        );
+
+        if !accepted(&call.accepted_statuses, status) {
+            let now = system_time(ctx.now_ms + duration_ms as i64);
+            let mut failure = status_failure(status, response.headers(), &body.bytes, now);
+            failure.message = redact_text(&failure.message, &echoes);
+            return Err(failure);
+        }
         let content_type = response
             .headers()
             .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let mut body = Vec::new();
-        let mut complete = true;
-        while let Some(chunk) = response.chunk().await.map_err(|e| send_error(e, timeout))? {
-            if body.len() + chunk.len() > MAX_BODY_READ {
-                body.extend_from_slice(&chunk[..MAX_BODY_READ - body.len()]);
-                complete = false;
-                break;
-            }
-            body.extend_from_slice(&chunk);
-        }
-        let duration_ms = started.elapsed().as_millis() as u64;
-
-        if !accepted(call, status) {
-            let mut message = format!("HTTP {status}");
-            let excerpt = truncate_utf8(&body, MAX_ERROR_BODY);
-            if !excerpt.trim().is_empty() {
-                message.push_str(": ");
-                message.push_str(excerpt.trim_end());
-            }
-            return Err(ActionError {
-                retry_after_ms: None,
-                message,
-                retryable: status_is_retryable(status),
-            });
-        }
-
-        let mut headers = serde_json::Map::new();
-        if let Some(ct) = &content_type {
-            headers.insert("content-type".into(), Value::String(ct.clone()));
-        }
-        Ok(json!({
-            "status": status.as_u16(),
-            "headers": headers,
-            "body": output_body(content_type.as_deref(), &body, complete),
-            "duration_ms": duration_ms,
-        }))
+            .and_then(|v| v.to_str().ok());
+        let (body_value, shortened) = output_body(content_type, &body.bytes, !body.cut);
+        let headers = kept_headers(response.headers(), &call.response_headers);
+        Ok(redact_json(
+            json!({
+                "status": status.as_u16(),
+                "headers": headers,
+                "body": body_value,
+                "truncated": body.cut || shortened,
+                "duration_ms": duration_ms,
+            }),
+            &echoes,
+        ))
     }
+}
+
+/// The URL to call: the action's (templates rendered), an absolute http(s) URL without
+/// credentials, with the action's query parameters appended to its own.
+fn target_url(call: &CallApiAction) -> Result<Url, ActionError> {
+    let mut url = Url::parse(&call.url)
+        .map_err(|e| ActionError::permanent(format!("{:?} is not a URL: {e}", call.url)))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(ActionError::permanent(format!(
+            "{:?} is not an http or https URL with a host",
+            call.url
+        )));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ActionError::permanent(
+            "credentials in the URL are not allowed: use auth with a secret",
+        ));
+    }
+    if !call.query.is_empty() {
+        url.query_pairs_mut().extend_pairs(&call.query);
+    }
+    Ok(url)
 }
 
 /// The action's headers plus the ones the executor sets itself.
@@ -193,24 +277,12 @@ fn request_timeout(ctx: &ActionContext, call: &CallApiAction) -> Duration {
     Duration::from_millis(ms as u64)
 }
 
-fn accepted(call: &CallApiAction, status: StatusCode) -> bool {
-    if call.accepted_statuses.is_empty() {
-        status.is_success()
-    } else {
-        call.accepted_statuses.contains(&u32::from(status.as_u16()))
-    }
-}
-
-/// Whether a status that was not accepted might be accepted on another try.
-fn status_is_retryable(status: StatusCode) -> bool {
-    status.is_server_error()
-        || status == StatusCode::REQUEST_TIMEOUT
-        || status == StatusCode::TOO_MANY_REQUESTS
-}
-
-/// A transport failure: timeouts and connection problems are worth retrying; a request
-/// that cannot even be built is not.
+/// A transport failure: the egress guard's refusals and requests that cannot be built
+/// are final; timeouts and connection problems are worth retrying.
 fn send_error(error: reqwest::Error, timeout: Duration) -> ActionError {
+    if let Some(refused) = refusal(&error) {
+        return ActionError::permanent(refused);
+    }
     if error.is_timeout() {
         return ActionError::retryable(format!(
             "the request timed out after {}",
@@ -221,14 +293,17 @@ fn send_error(error: reqwest::Error, timeout: Duration) -> ActionError {
     let what = if error.is_connect() {
         "could not connect"
     } else if error.is_redirect() {
-        "too many redirects"
+        "a redirect could not be followed"
+    } else if error.is_body() || error.is_decode() {
+        "the response body could not be read"
     } else {
         "the request failed"
     };
-    ActionError {
-        retry_after_ms: None,
-        message: format!("{what}: {}", error_chain(&error.without_url())),
-        retryable,
+    let message = format!("{what}: {}", error_chain(&error.without_url()));
+    if retryable {
+        ActionError::retryable(message)
+    } else {
+        ActionError::permanent(message)
     }
 }
 
@@ -252,38 +327,6 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = e.source();
     }
     out
-}
-
-/// The body as kept in the output: parsed when it is (complete) JSON, else text cut to
-/// 64 KiB.
-fn output_body(content_type: Option<&str>, body: &[u8], complete: bool) -> Value {
-    if complete
-        && content_type.is_some_and(is_json_content_type)
-        && let Ok(v) = serde_json::from_slice::<Value>(body)
-    {
-        return v;
-    }
-    Value::String(truncate_utf8(body, MAX_TEXT_BODY).into_owned())
-}
-
-fn is_json_content_type(ct: &str) -> bool {
-    let essence = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json" || essence.ends_with("+json")
-}
-
-/// At most `max` bytes of `bytes` as text, cut at a character boundary.
-fn truncate_utf8(bytes: &[u8], max: usize) -> std::borrow::Cow<'_, str> {
-    let mut end = bytes.len().min(max);
-    // Step back over a partial UTF-8 sequence (at most 3 bytes) at the cut.
-    while end > 0 && end < bytes.len() && (bytes[end] & 0b1100_0000) == 0b1000_0000 {
-        end -= 1;
-    }
-    String::from_utf8_lossy(&bytes[..end])
 }
 
 #[cfg(test)]
@@ -337,52 +380,23 @@ mod tests {
     }
 
     #[test]
-    fn retryable_statuses_are_5xx_408_and_429() {
-        for (code, retryable) in [
-            (500, true),
-            (503, true),
-            (408, true),
-            (429, true),
-            (404, false),
-            (400, false),
-        ] {
-            let status = StatusCode::from_u16(code).unwrap();
-            assert_eq!(status_is_retryable(status), retryable, "{code}");
-        }
-    }
-
-    #[test]
-    fn accepted_statuses_default_to_2xx() {
-        let mut call = CallApiAction::default();
-        assert!(accepted(&call, StatusCode::NO_CONTENT));
-        assert!(!accepted(&call, StatusCode::FOUND));
-        call.accepted_statuses = vec![404];
-        assert!(accepted(&call, StatusCode::NOT_FOUND));
-        assert!(!accepted(&call, StatusCode::OK));
-    }
-
-    #[test]
-    fn bodies_are_parsed_when_json_and_cut_when_text() {
-        assert_eq!(
-            output_body(Some("application/json; charset=utf-8"), br#"{"a":1}"#, true),
-            json!({"a": 1})
-        );
-        assert_eq!(
-            output_body(Some("application/problem+json"), b"[1]", true),
-            json!([1])
-        );
-        assert_eq!(
-            output_body(Some("text/plain"), b"{\"a\":1}", true),
-            json!("{\"a\":1}")
-        );
-        assert_eq!(
-            output_body(Some("application/json"), b"not json", true),
-            json!("not json")
-        );
-        let long = "é".repeat(MAX_TEXT_BODY);
-        let Value::String(cut) = output_body(None, long.as_bytes(), true) else {
-            panic!("text expected")
+    fn the_query_is_appended_to_the_urls_own() {
+        let mut call = CallApiAction {
+            url: "http://example.com/p?a=1".into(),
+            ..Default::default()
         };
-        assert!(cut.len() <= MAX_TEXT_BODY && cut.chars().all(|c| c == 'é'));
+        assert_eq!(
+            target_url(&call).unwrap().as_str(),
+            "http://example.com/p?a=1"
+        );
+        call.query.insert("b".into(), "x y&z".into());
+        assert_eq!(
+            target_url(&call).unwrap().as_str(),
+            "http://example.com/p?a=1&b=x+y%26z"
+        );
+        for bad in ["ftp://example.com/", "http://u:p@example.com/", "not a url"] {
+            call.url = bad.into();
+            assert!(!target_url(&call).unwrap_err().retryable, "{bad}");
+        }
     }
 }

@@ -64,6 +64,53 @@ impl EgressPolicy {
             Some(url::Host::Domain(_)) | None => Ok(()),
         }
     }
+
+    /// The addresses a name resolved to that may be reached, in their order and without
+    /// repeats; refused when there is none. The connection is then made to exactly these
+    /// addresses, so a name that resolves differently later (DNS rebinding) gains nothing.
+    pub fn check_resolved(
+        &self,
+        host: &str,
+        addresses: impl IntoIterator<Item = IpAddr>,
+    ) -> Result<Vec<IpAddr>, EgressRefusal> {
+        let mut allowed = Vec::new();
+        let mut refused = Vec::new();
+        for ip in addresses {
+            if allowed.contains(&ip)
+                || refused
+                    .iter()
+                    .any(|r: &EgressRefusal| r.address == ip.to_string())
+            {
+                continue;
+            }
+            match self.check_ip(ip) {
+                Ok(()) => allowed.push(ip),
+                Err(refusal) => refused.push(refusal),
+            }
+        }
+        if !allowed.is_empty() {
+            for r in &refused {
+                tracing::warn!(host, address = %r.address, reason = %r.reason, "egress guard dropped a resolved address");
+            }
+            return Ok(allowed);
+        }
+        let reason = if refused.is_empty() {
+            "it resolves to no address".to_owned()
+        } else {
+            let each: Vec<String> = refused
+                .iter()
+                .map(|r| format!("{} is {}", r.address, r.reason))
+                .collect();
+            format!(
+                "it resolves only to refused addresses ({})",
+                each.join(", ")
+            )
+        };
+        Err(EgressRefusal {
+            address: host.to_owned(),
+            reason,
+        })
+    }
 }
 
 /// The IPv4 address an IPv6 address carries: mapped (`::ffff:a.b.c.d`), compatible
@@ -323,6 +370,44 @@ mod tests {
             "IPv6 loopback is another network"
         );
         assert!(check(&guard, "10.10.0.1").is_err());
+    }
+
+    #[test]
+    fn a_name_keeps_only_its_allowed_addresses_and_is_refused_without_any() {
+        let ips =
+            |list: &[&str]| -> Vec<IpAddr> { list.iter().map(|a| a.parse().unwrap()).collect() };
+        let guard = EgressPolicy::default();
+        assert_eq!(
+            guard.check_resolved(
+                "mixed.example",
+                ips(&["10.0.0.1", "1.1.1.1", "1.1.1.1", "::1"])
+            ),
+            Ok(ips(&["1.1.1.1"])),
+            "refused addresses are dropped, the rest kept once"
+        );
+        let refusal = guard
+            .check_resolved("localhost", ips(&["127.0.0.1", "::1", "127.0.0.1"]))
+            .unwrap_err();
+        assert_eq!(refusal.address, "localhost");
+        assert_eq!(
+            refusal.reason,
+            "it resolves only to refused addresses (127.0.0.1 is loopback (127.0.0.0/8), ::1 is loopback (::1))"
+        );
+        assert!(
+            refusal
+                .to_string()
+                .starts_with("egress to localhost refused: it resolves only")
+        );
+        let empty = guard
+            .check_resolved("void.example", Vec::new())
+            .unwrap_err();
+        assert_eq!(empty.reason, "it resolves to no address");
+
+        let loopback = EgressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]);
+        assert_eq!(
+            loopback.check_resolved("localhost", ips(&["::1", "127.0.0.1"])),
+            Ok(ips(&["127.0.0.1"]))
+        );
     }
 
     #[test]

@@ -4,7 +4,10 @@
 
 pub mod call_api;
 pub mod egress;
+pub mod http;
+pub mod notify;
 pub mod retry;
+pub mod run_task;
 pub mod templates;
 
 use std::collections::HashMap;
@@ -136,10 +139,12 @@ impl ActionRegistry {
         Self::default()
     }
 
-    /// The table of this version: every kind but `execute_pipeline`.
+    /// The kinds that need only `env`. `server::run` adds `run_task` (see
+    /// `run_task::RunTask`), which also needs the store.
     pub fn standard(env: &Arc<ActionEnv>) -> Self {
         let mut registry = Self::new();
         registry.register(Arc::new(call_api::CallApiHandler::new(env.clone())));
+        registry.register(Arc::new(notify::NotifyHandler::new(env.clone())));
         registry
     }
 
@@ -170,7 +175,7 @@ impl ActionEnv {
     /// Builds the guard and the HTTP client from the configuration.
     pub fn new(config: ActionsConfig) -> Result<Arc<Self>, reqwest::Error> {
         let egress = Arc::new(EgressPolicy::new(config.egress.allow.clone()));
-        let http = call_api::build_http_client(egress.clone())?;
+        let http = http::build_http_client(egress.clone())?;
         Ok(Arc::new(Self {
             config,
             egress,

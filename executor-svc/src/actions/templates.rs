@@ -117,6 +117,12 @@ fn walk(value: &mut Value, path: &str, visit: &mut dyn FnMut(&str, &mut String))
 
 /// Every template problem of an action: syntax errors and names outside [`VARIABLES`].
 pub fn check(action: &Action, prefix: &str) -> Vec<FieldViolation> {
+    check_in(action, prefix, &[])
+}
+
+/// Like [`check`], also allowing any name under `open_roots` (a pipeline node's
+/// templates may use `input.…` and `nodes.…`, whose shape only the run knows).
+pub fn check_in(action: &Action, prefix: &str, open_roots: &[&str]) -> Vec<FieldViolation> {
     let Ok(mut json) = serde_json::to_value(action) else {
         return Vec::new();
     };
@@ -139,9 +145,11 @@ pub fn check(action: &Action, prefix: &str) -> Vec<FieldViolation> {
                     .undeclared_variables(true)
                     .into_iter()
                     .filter(|name| {
-                        !VARIABLES
-                            .iter()
-                            .any(|v| v == name || v.starts_with(&format!("{name}.")))
+                        let root = name.split('.').next().unwrap_or_default();
+                        !open_roots.contains(&root)
+                            && !VARIABLES
+                                .iter()
+                                .any(|v| v == name || v.starts_with(&format!("{name}.")))
                     })
                     .collect();
                 unknown.sort();

@@ -1,12 +1,15 @@
 //! The executor's engine: plain Rust use cases over the store (no tonic, no SQL).
 //! `executions` starts, attaches, cancels and resumes; `events` appends and fans out;
-//! `runner` runs an execution's node graph; `plan` says what that graph is.
+//! `runner` runs an execution's node graph; `plan` says what that graph is; `tasks` holds
+//! the queues of `run_task` and the worker use cases.
 
 pub mod clock;
 mod events;
 mod executions;
 pub mod plan;
 mod runner;
+mod task_timers;
+pub mod tasks;
 
 use std::collections::HashMap;
 use std::pin::Pin;

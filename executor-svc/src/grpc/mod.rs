@@ -1,9 +1,13 @@
 //! The gRPC layer: handlers that convert messages and map errors, nothing else.
 //! `executor` implements `ExecutorService`; `convert` maps messages and validates
-//! requests; `status` maps `ExecutorError` to `tonic::Status`.
+//! requests; `workers` implements `WorkerService` (with `worker_convert`); `status` maps
+//! `ExecutorError` to `tonic::Status`.
 
 pub mod convert;
 pub mod executor;
 pub mod status;
+pub mod worker_convert;
+pub mod workers;
 
 pub use executor::ExecutorGrpc;
+pub use workers::WorkerGrpc;

@@ -19,6 +19,7 @@ pub fn to_status(error: ExecutorError) -> Status {
         ExecutorError::AlreadyFinished(id) => {
             Status::failed_precondition(format!("execution {id} has already finished"))
         }
+        ExecutorError::TaskPrecondition(message) => Status::failed_precondition(message),
         ExecutorError::ShuttingDown => Status::unavailable("the executor is shutting down"),
         ExecutorError::StoreUnavailable(error) => {
             tracing::warn!(%error, "database unavailable");
@@ -54,6 +55,10 @@ mod tests {
             (
                 ExecutorError::AlreadyExists("taken".into()),
                 Code::AlreadyExists,
+            ),
+            (
+                ExecutorError::TaskPrecondition("lease expired".into()),
+                Code::FailedPrecondition,
             ),
             (ExecutorError::ShuttingDown, Code::Unavailable),
             (

@@ -3,6 +3,7 @@
 //! one transaction, so backends agree on what is atomic; the engine never sees SQL.
 
 pub mod sqlite;
+pub mod tasks;
 
 use async_trait::async_trait;
 
@@ -12,10 +13,12 @@ use crate::model::{
 };
 
 pub use sqlite::SqliteStore;
+pub use tasks::TaskStore;
 
-/// Where executions, their node runs and their events live.
+/// Where executions, their node runs and their events live (and, through `TaskStore`,
+/// the tasks and process groups of `run_task`).
 #[async_trait]
-pub trait ExecutorStore: Send + Sync + 'static {
+pub trait ExecutorStore: TaskStore + Send + Sync + 'static {
     /// Stores a new execution (RUNNING) and its first event, `ExecutionStarted` with seq 1,
     /// in one transaction. A taken idempotency key is `ExecutorError::AlreadyExists`: the
     /// unique constraint decides races, and the caller then loads the existing execution.

@@ -4,6 +4,7 @@
 //! read pool so API reads never wait behind writes.
 
 mod rows;
+mod tasks;
 
 use std::path::Path;
 use std::time::Duration;

@@ -43,8 +43,16 @@ impl Executor {
         Self::start_with(Config::new(db)).await
     }
 
-    /// Starts an executor on a fresh port with `config`.
-    pub async fn start_with(config: Config) -> Self {
+    /// Starts an executor on a fresh port with `config`, loopback let through the egress
+    /// guard: the tests' targets live there.
+    pub async fn start_with(mut config: Config) -> Self {
+        config.actions.allow_loopback();
+        Self::start_exact(config).await
+    }
+
+    /// Starts an executor on a fresh port with exactly `config` (the egress guard lets
+    /// through only what `config.actions.egress.allow` lists: by default, no loopback).
+    pub async fn start_exact(config: Config) -> Self {
         let db = config.database_path.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -1,0 +1,370 @@
+//! The SQLite side of `TaskStore`. A claim is one `BEGIN IMMEDIATE` transaction (select
+//! the oldest available task, lease it): the single writer connection serialises claims,
+//! so two pollers never get the same task. A PostgreSQL backend would do the same in one
+//! statement, `UPDATE … WHERE id = (SELECT id … ORDER BY created_ms FOR UPDATE SKIP LOCKED
+//! LIMIT 1) RETURNING …`, with the same availability predicate.
+
+use almanac_proto::executor::v1::Origin;
+use async_trait::async_trait;
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+use super::{SqliteStore, classify};
+use crate::error::ExecutorError;
+use crate::store::tasks::{
+    NewTask, ProcessGroupRecord, TaskEnd, TaskGuard, TaskRecord, TaskStatus, TaskStore, TaskUpdate,
+};
+
+const TASK_COLUMNS: &str = "id, execution_id, node_id, try_number, queue, payload, \
+     idempotency_key, origin, deadline_ms, status, deliveries, max_deliveries, lease_id, \
+     worker_id, lease_expires_ms, heartbeat_timeout_ms, schedule_to_start_ms, \
+     start_to_close_ms, created_ms, started_ms, leased_ms, close_deadline_ms, ended_ms, \
+     result, error, retryable";
+
+/// A task a poll may take at `?2` from the queues of the JSON array `?1`: QUEUED within
+/// its schedule-to-start timeout, or LEASED under an expired lease with deliveries left,
+/// within its schedule-to-start timeout counted from the expiry.
+const AVAILABLE: &str = "queue IN (SELECT value FROM json_each(?1)) AND (
+       (status = 'QUEUED'
+        AND (schedule_to_start_ms IS NULL OR created_ms + schedule_to_start_ms > ?2))
+    OR (status = 'LEASED' AND lease_expires_ms <= ?2 AND deliveries < max_deliveries
+        AND (schedule_to_start_ms IS NULL OR lease_expires_ms + schedule_to_start_ms > ?2)))";
+
+/// A task available now (as `AVAILABLE`) or once its live lease expires.
+const AVAILABLE_LATER: &str = "queue IN (SELECT value FROM json_each(?1)) AND (
+       (status = 'QUEUED'
+        AND (schedule_to_start_ms IS NULL OR created_ms + schedule_to_start_ms > ?2))
+    OR (status = 'LEASED' AND deliveries < max_deliveries
+        AND (schedule_to_start_ms IS NULL OR lease_expires_ms + schedule_to_start_ms > ?2)))";
+
+fn corrupt(column: &str, e: impl std::fmt::Display) -> ExecutorError {
+    ExecutorError::Corrupt(format!("tasks.{column}: {e}"))
+}
+
+fn get<'r, T>(row: &'r SqliteRow, column: &str) -> Result<T, ExecutorError>
+where
+    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
+    row.try_get(column).map_err(|e| corrupt(column, e))
+}
+
+fn get_u32(row: &SqliteRow, column: &str) -> Result<u32, ExecutorError> {
+    u32::try_from(get::<i64>(row, column)?).map_err(|e| corrupt(column, e))
+}
+
+fn json_text<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, ExecutorError> {
+    serde_json::to_string(value).map_err(|e| ExecutorError::Corrupt(format!("encode json: {e}")))
+}
+
+fn task_from_row(row: &SqliteRow) -> Result<TaskRecord, ExecutorError> {
+    let payload: String = get(row, "payload")?;
+    let origin: Option<String> = get(row, "origin")?;
+    let result: Option<String> = get(row, "result")?;
+    let status: String = get(row, "status")?;
+    Ok(TaskRecord {
+        spec: NewTask {
+            id: get(row, "id")?,
+            execution_id: get(row, "execution_id")?,
+            node_id: get(row, "node_id")?,
+            try_number: get_u32(row, "try_number")?,
+            queue: get(row, "queue")?,
+            payload: serde_json::from_str(&payload).map_err(|e| corrupt("payload", e))?,
+            idempotency_key: get(row, "idempotency_key")?,
+            origin: origin
+                .map(|text| serde_json::from_str::<Origin>(&text))
+                .transpose()
+                .map_err(|e| corrupt("origin", e))?,
+            deadline_ms: get(row, "deadline_ms")?,
+            max_deliveries: get_u32(row, "max_deliveries")?,
+            heartbeat_timeout_ms: get(row, "heartbeat_timeout_ms")?,
+            schedule_to_start_ms: get(row, "schedule_to_start_ms")?,
+            start_to_close_ms: get(row, "start_to_close_ms")?,
+            created_ms: get(row, "created_ms")?,
+        },
+        status: TaskStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+        deliveries: get_u32(row, "deliveries")?,
+        lease_id: get(row, "lease_id")?,
+        worker_id: get(row, "worker_id")?,
+        lease_expires_ms: get(row, "lease_expires_ms")?,
+        started_ms: get(row, "started_ms")?,
+        leased_ms: get(row, "leased_ms")?,
+        close_deadline_ms: get(row, "close_deadline_ms")?,
+        ended_ms: get(row, "ended_ms")?,
+        result: result
+            .map(|text| serde_json::from_str::<Value>(&text))
+            .transpose()
+            .map_err(|e| corrupt("result", e))?,
+        error: get(row, "error")?,
+        retryable: get(row, "retryable")?,
+    })
+}
+
+async fn fetch_task<'c, E>(executor: E, id: &str) -> Result<Option<TaskRecord>, ExecutorError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Sqlite>,
+{
+    let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(executor)
+        .await
+        .map_err(classify)?;
+    row.as_ref().map(task_from_row).transpose()
+}
+
+#[async_trait]
+impl TaskStore for SqliteStore {
+    async fn insert_task(&self, task: &NewTask) -> Result<(TaskRecord, bool), ExecutorError> {
+        let payload = json_text(&task.payload)?;
+        let origin = task.origin.as_ref().map(json_text).transpose()?;
+        let mut tx = self.begin_write().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO tasks (id, execution_id, node_id, try_number, queue, payload,
+                 idempotency_key, origin, deadline_ms, status, max_deliveries,
+                 heartbeat_timeout_ms, schedule_to_start_ms, start_to_close_ms, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'QUEUED', ?10, ?11, ?12, ?13, ?14)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&task.id)
+        .bind(&task.execution_id)
+        .bind(&task.node_id)
+        .bind(i64::from(task.try_number))
+        .bind(&task.queue)
+        .bind(payload)
+        .bind(&task.idempotency_key)
+        .bind(origin)
+        .bind(task.deadline_ms)
+        .bind(i64::from(task.max_deliveries))
+        .bind(task.heartbeat_timeout_ms)
+        .bind(task.schedule_to_start_ms)
+        .bind(task.start_to_close_ms)
+        .bind(task.created_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?
+        .rows_affected()
+            == 1;
+        let stored = fetch_task(&mut *tx, &task.id).await?;
+        tx.commit().await.map_err(classify)?;
+        let stored =
+            stored.ok_or_else(|| ExecutorError::Corrupt("inserted task vanished".into()))?;
+        Ok((stored, inserted))
+    }
+
+    async fn get_task(&self, id: &str) -> Result<Option<TaskRecord>, ExecutorError> {
+        fetch_task(&self.readers, id).await
+    }
+
+    async fn next_available_ms(
+        &self,
+        queues: &[String],
+        now_ms: i64,
+    ) -> Result<Option<i64>, ExecutorError> {
+        let sql = format!(
+            "SELECT MIN(CASE WHEN status = 'QUEUED' THEN created_ms ELSE lease_expires_ms END)
+             FROM tasks WHERE {AVAILABLE_LATER}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(json_text(queues)?)
+            .bind(now_ms)
+            .fetch_one(&self.readers)
+            .await
+            .map_err(classify)?;
+        row.try_get::<Option<i64>, _>(0)
+            .map_err(|e| corrupt("lease_expires_ms", e))
+    }
+
+    async fn claim_task(
+        &self,
+        queues: &[String],
+        worker_id: &str,
+        lease_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<TaskRecord>, ExecutorError> {
+        let mut tx = self.begin_write().await?;
+        let sql = format!("SELECT id FROM tasks WHERE {AVAILABLE} ORDER BY created_ms, id LIMIT 1");
+        let found: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(json_text(queues)?)
+            .bind(now_ms)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(classify)?;
+        let Some(id) = found else {
+            return Ok(None);
+        };
+        sqlx::query(
+            "UPDATE tasks SET status = 'LEASED', lease_id = ?2, worker_id = ?3,
+                 deliveries = deliveries + 1, lease_expires_ms = ?4 + heartbeat_timeout_ms,
+                 started_ms = COALESCE(started_ms, ?4), leased_ms = ?4,
+                 close_deadline_ms = ?4 + start_to_close_ms
+             WHERE id = ?1",
+        )
+        .bind(&id)
+        .bind(lease_id)
+        .bind(worker_id)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let claimed = fetch_task(&mut *tx, &id).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(claimed)
+    }
+
+    async fn extend_lease(
+        &self,
+        id: &str,
+        lease_id: &str,
+        now_ms: i64,
+    ) -> Result<TaskUpdate, ExecutorError> {
+        let mut tx = self.begin_write().await?;
+        let changed = sqlx::query(
+            "UPDATE tasks SET lease_expires_ms = ?3 + heartbeat_timeout_ms
+             WHERE id = ?1 AND status = 'LEASED' AND lease_id = ?2 AND lease_expires_ms > ?3",
+        )
+        .bind(id)
+        .bind(lease_id)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?
+        .rows_affected();
+        let task = fetch_task(&mut *tx, id).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(update(changed, task))
+    }
+
+    async fn end_task(
+        &self,
+        id: &str,
+        guard: &TaskGuard,
+        end: &TaskEnd,
+        now_ms: i64,
+    ) -> Result<TaskUpdate, ExecutorError> {
+        let (guard_kind, lease) = match guard {
+            TaskGuard::Open => ("open", ""),
+            TaskGuard::Queued => ("queued", ""),
+            TaskGuard::Lease(l) => ("lease", l.as_str()),
+            TaskGuard::LiveLease(l) => ("live", l.as_str()),
+            TaskGuard::ExpiredLease(l) => ("expired", l.as_str()),
+        };
+        let (result, error, retryable) = match end {
+            TaskEnd::Completed(result) => (Some(json_text(result)?), "", false),
+            TaskEnd::Failed { error, retryable } => (None, error.as_str(), *retryable),
+            TaskEnd::TimedOut(error) => (None, error.as_str(), true),
+            TaskEnd::Cancelled(error) => (None, error.as_str(), false),
+        };
+        let mut tx = self.begin_write().await?;
+        let changed = sqlx::query(
+            "UPDATE tasks SET status = ?2, result = ?3, error = ?4, ended_ms = ?5, retryable = ?8
+             WHERE id = ?1 AND CASE ?6
+                 WHEN 'open' THEN status IN ('QUEUED', 'LEASED')
+                 WHEN 'queued' THEN status = 'QUEUED'
+                 WHEN 'lease' THEN status = 'LEASED' AND lease_id = ?7
+                 WHEN 'live' THEN status = 'LEASED' AND lease_id = ?7 AND lease_expires_ms > ?5
+                 WHEN 'expired' THEN status = 'LEASED' AND lease_id = ?7 AND lease_expires_ms <= ?5
+                 ELSE 0 END",
+        )
+        .bind(id)
+        .bind(end.status().as_str())
+        .bind(result)
+        .bind(error)
+        .bind(now_ms)
+        .bind(guard_kind)
+        .bind(lease)
+        .bind(retryable)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?
+        .rows_affected();
+        let task = fetch_task(&mut *tx, id).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(update(changed, task))
+    }
+
+    async fn cancel_tasks_of_finished_executions(&self, now_ms: i64) -> Result<u64, ExecutorError> {
+        let mut tx = self.begin_write().await?;
+        let changed = sqlx::query(
+            "UPDATE tasks SET status = 'CANCELLED', ended_ms = ?1,
+                 error = 'cancelled: the execution ended before the task did'
+             WHERE status IN ('QUEUED', 'LEASED') AND execution_id IN (
+                 SELECT id FROM executions
+                 WHERE status IN ('SUCCEEDED', 'FAILED', 'TIMED_OUT', 'CANCELLED'))",
+        )
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?
+        .rows_affected();
+        tx.commit().await.map_err(classify)?;
+        Ok(changed)
+    }
+
+    async fn record_process_group(&self, group: &ProcessGroupRecord) -> Result<(), ExecutorError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO process_groups (pgid, start_time, boot_id, execution_id, node_id,
+                 program, recorded_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (pgid, start_time) DO NOTHING",
+        )
+        .bind(group.pgid)
+        .bind(i64::try_from(group.start_time).unwrap_or(i64::MAX))
+        .bind(&group.boot_id)
+        .bind(&group.execution_id)
+        .bind(&group.node_id)
+        .bind(&group.program)
+        .bind(group.recorded_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        tx.commit().await.map_err(classify)
+    }
+
+    async fn forget_process_group(&self, pgid: i32, start_time: u64) -> Result<(), ExecutorError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM process_groups WHERE pgid = ?1 AND start_time = ?2")
+            .bind(pgid)
+            .bind(i64::try_from(start_time).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        tx.commit().await.map_err(classify)
+    }
+
+    async fn process_groups(&self) -> Result<Vec<ProcessGroupRecord>, ExecutorError> {
+        let rows = sqlx::query(
+            "SELECT pgid, start_time, boot_id, execution_id, node_id, program, recorded_ms
+             FROM process_groups ORDER BY recorded_ms",
+        )
+        .fetch_all(&self.readers)
+        .await
+        .map_err(classify)?;
+        rows.iter()
+            .map(|row| {
+                Ok(ProcessGroupRecord {
+                    pgid: get(row, "pgid")?,
+                    start_time: u64::try_from(get::<i64>(row, "start_time")?)
+                        .map_err(|e| corrupt("start_time", e))?,
+                    boot_id: get(row, "boot_id")?,
+                    execution_id: get(row, "execution_id")?,
+                    node_id: get(row, "node_id")?,
+                    program: get(row, "program")?,
+                    recorded_ms: get(row, "recorded_ms")?,
+                })
+            })
+            .collect()
+    }
+}
+
+fn update(changed: u64, task: Option<TaskRecord>) -> TaskUpdate {
+    match task {
+        Some(task) if changed == 1 => TaskUpdate::Applied(task),
+        other => TaskUpdate::NotApplied(other),
+    }
+}
+
+#[cfg(test)]
+#[path = "tasks_tests.rs"]
+mod tests;
