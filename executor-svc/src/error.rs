@@ -14,6 +14,9 @@ pub enum ExecutorError {
     /// secret, SMTP profile or allow-listed program it does not have).
     #[error("refused by this executor's configuration: {}", join(.0))]
     FailedPrecondition(Vec<FieldViolation>),
+    /// Optimistic concurrency: the stored version is not the one the request expected.
+    #[error("{0}")]
+    Aborted(String),
     /// No such execution.
     #[error("{0} not found")]
     NotFound(String),

@@ -2,7 +2,7 @@
 //! append an event and update the rows it implies. Plain Rust (no tonic, no SQL); the
 //! action and origin stay the contract's messages because they are defined once, there.
 
-use almanac_proto::executor::v1::{Action, Origin};
+use almanac_proto::executor::v1::{Action, Origin, Pipeline};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -128,6 +128,8 @@ pub struct ExecutionRecord {
     pub finished_ms: Option<i64>,
     /// The seq of its last event.
     pub last_seq: u64,
+    /// For `execute_pipeline`: the pipeline version it runs, fixed when it started.
+    pub pipeline: Option<Pipeline>,
 }
 
 /// What the store needs to create an execution.
@@ -147,6 +149,8 @@ pub struct NewExecution {
     pub deadline_ms: Option<i64>,
     /// Now.
     pub created_ms: i64,
+    /// For `execute_pipeline`: the pipeline version it runs.
+    pub pipeline: Option<Pipeline>,
 }
 
 /// One attempt of one node, as stored.
@@ -231,6 +235,13 @@ pub enum EventKind {
         percent: f64,
         /// A short message.
         message: String,
+    },
+    /// A node will not run (skipped, or cancelled before it started).
+    NodeSkipped {
+        /// The node.
+        node_id: String,
+        /// Why.
+        reason: String,
     },
     /// The execution ended; always the last event.
     ExecutionFinished {
@@ -322,6 +333,18 @@ pub enum Transition {
         /// A short message.
         message: String,
     },
+    /// A node that will not run gets a row (attempt 0) with `status` SKIPPED or
+    /// CANCELLED.
+    NodeSkipped {
+        /// The node.
+        node_id: String,
+        /// The node kind.
+        kind: String,
+        /// SKIPPED (no edge taken) or CANCELLED (the execution stopped first).
+        status: NodeStatus,
+        /// Why.
+        reason: String,
+    },
     /// The execution's row gets its final status, result, error and finish time; node
     /// rows still RUNNING (left by a crash) are closed as CANCELLED.
     ExecutionFinished {
@@ -384,6 +407,9 @@ impl Transition {
                 percent,
                 message,
             },
+            Self::NodeSkipped {
+                node_id, reason, ..
+            } => EventKind::NodeSkipped { node_id, reason },
             Self::ExecutionFinished {
                 status,
                 result,

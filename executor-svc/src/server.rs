@@ -8,6 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use almanac_proto::executor::v1::executor_service_server::ExecutorServiceServer;
+use almanac_proto::executor::v1::pipeline_service_server::PipelineServiceServer;
 use almanac_proto::executor::v1::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -18,7 +19,7 @@ use crate::actions::{ActionEnv, ActionRegistry};
 use crate::config::{Config, SHUTDOWN_GRACE};
 use crate::engine::tasks::Workers;
 use crate::engine::{Clock, Engine, SystemClock};
-use crate::grpc::{ExecutorGrpc, WorkerGrpc};
+use crate::grpc::{ExecutorGrpc, PipelineGrpc, WorkerGrpc};
 use crate::store::{ExecutorStore, SqliteStore};
 
 pub use crate::error::ServerError;
@@ -65,6 +66,9 @@ pub async fn run(
     health
         .set_serving::<WorkerServiceServer<WorkerGrpc>>()
         .await;
+    health
+        .set_serving::<PipelineServiceServer<PipelineGrpc>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(almanac_proto::FILE_DESCRIPTOR_SET)
@@ -72,6 +76,7 @@ pub async fn run(
             // The descriptor set holds both services' protos: list only what is served.
             .with_service_name("almanac.executor.v1.ExecutorService")
             .with_service_name("almanac.executor.v1.WorkerService")
+            .with_service_name("almanac.executor.v1.PipelineService")
             .with_service_name("grpc.health.v1.Health")
     };
     let reflection_v1 = reflection().build_v1()?;
@@ -94,6 +99,9 @@ pub async fn run(
             health
                 .set_not_serving::<WorkerServiceServer<WorkerGrpc>>()
                 .await;
+            health
+                .set_not_serving::<PipelineServiceServer<PipelineGrpc>>()
+                .await;
         }
     };
     let address = listener
@@ -106,6 +114,9 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(ExecutorServiceServer::new(ExecutorGrpc::new(Arc::clone(
+            &engine,
+        ))))
+        .add_service(PipelineServiceServer::new(PipelineGrpc::new(Arc::clone(
             &engine,
         ))))
         .add_service(WorkerServiceServer::new(WorkerGrpc::new(Workers::new(

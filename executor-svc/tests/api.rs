@@ -201,7 +201,7 @@ async fn bad_requests_are_refused_with_their_field_and_the_server_keeps_serving(
                 ..Default::default()
             },
             Code::InvalidArgument,
-            Some("action.execute_pipeline"),
+            Some("action.execute_pipeline.pipeline_id"),
         ),
         (
             "send_notification",

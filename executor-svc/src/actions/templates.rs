@@ -22,6 +22,10 @@ pub const VARIABLES: &[&str] = &[
     "run.attempt",
     "execution.id",
     "execution.key",
+    "execution.schedule_id",
+    "execution.run_id",
+    "execution.nominal_time",
+    "execution.attempt",
 ];
 
 /// Keys whose values are names of configuration, never rendered.
@@ -44,6 +48,10 @@ pub struct RunContext {
     pub attempt: u32,
     pub execution_id: String,
     pub execution_key: String,
+    /// A pipeline execution's input (null for a single action).
+    pub input: serde_json::Value,
+    /// A pipeline node's finished ancestors: `{id: {status, output, error}}`.
+    pub nodes: serde_json::Value,
 }
 
 impl RunContext {
@@ -62,6 +70,8 @@ impl RunContext {
             attempt: origin.attempt,
             execution_id: execution_id.to_owned(),
             execution_key: execution_key.to_owned(),
+            input: serde_json::Value::Null,
+            nodes: serde_json::Value::Null,
         }
     }
 
@@ -76,7 +86,13 @@ impl RunContext {
             execution => minijinja::context! {
                 id => self.execution_id.clone(),
                 key => self.execution_key.clone(),
+                schedule_id => self.schedule_id.clone(),
+                run_id => self.run_id.clone(),
+                nominal_time => self.nominal_time.clone(),
+                attempt => self.attempt,
             },
+            input => minijinja::Value::from(minijinja::value::Serde(&self.input)),
+            nodes => minijinja::Value::from(minijinja::value::Serde(&self.nodes)),
         }
     }
 }
@@ -220,6 +236,7 @@ mod tests {
             attempt: 2,
             execution_id: "e1".into(),
             execution_key: "r1/2".into(),
+            ..RunContext::default()
         }
     }
 

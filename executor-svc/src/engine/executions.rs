@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use almanac_proto::action::{FieldViolation, kind_name};
-use almanac_proto::executor::v1::{Action, ExecuteRequest, Origin};
+use almanac_proto::executor::v1::{Action, ExecuteRequest, Origin, Pipeline};
 use almanac_proto::time::ms_to_timestamp;
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -82,7 +82,7 @@ impl Engine {
             None => {
                 // Only a new execution asks the configuration: one already running keeps
                 // running (and can be re-attached to) whatever changed since.
-                self.check_configuration(&request.action, "action")?;
+                let pipeline = self.check_configuration(&request.action, "action").await?;
                 let new = NewExecution {
                     id: uuid::Uuid::now_v7().to_string(),
                     idempotency_key: key.clone(),
@@ -91,6 +91,7 @@ impl Engine {
                     origin: request.origin.clone(),
                     deadline_ms: request.deadline_ms,
                     created_ms: self.clock.now_ms(),
+                    pipeline,
                 };
                 match self.store.create_execution(&new).await {
                     Ok(created) => {
@@ -120,16 +121,16 @@ impl Engine {
     /// Whether this executor can run `action`: well formed, templates that parse and use
     /// known names (`InvalidArgument`), and what its configuration allows — secrets,
     /// profiles, programs, destinations (`FailedPrecondition`). Runs nothing.
-    pub fn validate_action(
+    pub async fn validate_action(
         &self,
         action: Option<&Action>,
         prefix: &str,
     ) -> Result<(), ExecutorError> {
         self.check_form(action, prefix)?;
-        match action {
-            Some(action) => self.check_configuration(action, prefix),
-            None => Ok(()),
+        if let Some(action) = action {
+            self.check_configuration(action, prefix).await?;
         }
+        Ok(())
     }
 
     fn check_form(&self, action: Option<&Action>, prefix: &str) -> Result<(), ExecutorError> {
@@ -144,12 +145,40 @@ impl Engine {
         }
     }
 
-    fn check_configuration(&self, action: &Action, prefix: &str) -> Result<(), ExecutorError> {
+    /// What this executor's configuration says of a well-formed action; for
+    /// `execute_pipeline`, the pipeline version it would run (which must exist here and
+    /// pass the same checks node by node).
+    async fn check_configuration(
+        &self,
+        action: &Action,
+        prefix: &str,
+    ) -> Result<Option<Pipeline>, ExecutorError> {
         let Some(kind) = action.kind.as_ref() else {
-            return Ok(());
+            return Ok(None);
         };
         let name = kind_name(kind);
         let path = format!("{prefix}.{name}");
+        if let almanac_proto::executor::v1::action::Kind::ExecutePipeline(run) = kind {
+            let version = (run.version > 0).then_some(run.version);
+            let Some(pipeline) = self.store.get_pipeline(&run.pipeline_id, version).await? else {
+                let what = match version {
+                    Some(v) => format!("pipeline {:?} version {v}", run.pipeline_id),
+                    None => format!("pipeline {:?}", run.pipeline_id),
+                };
+                return Err(ExecutorError::FailedPrecondition(vec![
+                    FieldViolation::new(
+                        format!("{path}.pipeline_id"),
+                        format!("this executor has no {what}"),
+                    ),
+                ]));
+            };
+            let (invalid, refused) = self.pipeline_problems(&pipeline);
+            let problems: Vec<FieldViolation> = invalid.into_iter().chain(refused).collect();
+            if !problems.is_empty() {
+                return Err(ExecutorError::FailedPrecondition(problems));
+            }
+            return Ok(Some(pipeline));
+        }
         let refused = match self.registry.get(name) {
             None => vec![FieldViolation::new(
                 path,
@@ -158,7 +187,7 @@ impl Engine {
             Some(handler) => handler.check(kind, &path),
         };
         if refused.is_empty() {
-            Ok(())
+            Ok(None)
         } else {
             Err(ExecutorError::FailedPrecondition(refused))
         }

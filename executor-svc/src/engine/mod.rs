@@ -1,11 +1,14 @@
 //! The executor's engine: plain Rust use cases over the store (no tonic, no SQL).
 //! `executions` starts, attaches, cancels and resumes; `events` appends and fans out;
-//! `runner` runs an execution's node graph; `plan` says what that graph is; `tasks` holds
-//! the queues of `run_task` and the worker use cases.
+//! `runner` runs an execution's graph and `node` one node of it to its end; `plan` says
+//! what that graph is; `pipelines` stores definitions; `tasks` holds the queues of
+//! `run_task` and the worker use cases.
 
 pub mod clock;
 mod events;
 mod executions;
+mod node;
+mod pipelines;
 pub mod plan;
 mod runner;
 mod task_timers;

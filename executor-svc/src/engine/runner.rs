@@ -1,30 +1,30 @@
-//! Runs one execution's node graph to its end, from whatever the store says happened so
-//! far: a node whose success was committed never runs again; an attempt left in flight by
-//! a previous process is closed and the node attempted again with the same key; a
-//! requested cancel or a passed deadline finishes the execution without new work.
-//! On shutdown the runner stops at its next wait and leaves the execution RUNNING, to be
-//! resumed by the next process.
+//! Runs one execution's graph to its end, from whatever the store says happened so far
+//! (DESIGN §5.1, §5.3): ready nodes start concurrently (at most the plan's parallelism),
+//! SKIPPED propagates, a failure that no ON_FAILURE edge handles cancels the running
+//! siblings and records the unstarted nodes CANCELLED. A node whose result was committed
+//! never runs again; an attempt left in flight by a crash is closed and attempted again
+//! with the same key, using no try of its retry policy. On shutdown the runner stops and
+//! leaves the execution RUNNING for the next process.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
-use tokio_util::sync::CancellationToken;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use serde_json::{Value, json};
 
-use super::plan::{Plan, PlanNode};
+use super::node::{NodeEnd, NodeStart, Shared, run_to_end};
+use super::plan::Plan;
 use super::{Engine, Live};
-use almanac_proto::executor::v1::Action;
-
-use crate::actions::retry::Backoff;
-use crate::actions::templates::{self, RunContext};
-use crate::actions::{ActionContext, ActionError};
 use crate::error::ExecutorError;
 use crate::model::{ExecutionRecord, ExecutionStatus, NodeRunRecord, NodeStatus, Transition};
+use crate::pipeline::graph::{State, Step};
 
 /// Why a runner stopped before the end: the process is shutting down (the execution
 /// stays RUNNING), or the store failed.
-enum Stop {
+pub(super) enum Stop {
     Shutdown,
     Store(ExecutorError),
 }
@@ -33,14 +33,6 @@ impl From<ExecutorError> for Stop {
     fn from(e: ExecutorError) -> Self {
         Self::Store(e)
     }
-}
-
-/// How one node attempt ended.
-enum Outcome {
-    Succeeded(Value),
-    Failed(ActionError),
-    Cancelled,
-    TimedOut,
 }
 
 /// Runs the execution to its end (or until shutdown). A store error is logged and the
@@ -71,6 +63,120 @@ pub(super) async fn run(engine: &Arc<Engine>, execution_id: &str, live: &Live) {
     }
 }
 
+/// What the store says about each node, and what the runner learns as nodes end.
+struct Book {
+    states: Vec<State>,
+    next_attempt: Vec<u32>,
+    tries_used: Vec<u32>,
+    outputs: Vec<Option<Value>>,
+    errors: Vec<Option<String>>,
+    delay_until: Vec<Option<i64>>,
+}
+
+impl Book {
+    /// The nodes' states as committed: SUCCEEDED, SKIPPED or CANCELLED nodes are done; a
+    /// node whose last attempt failed is done unless its retry policy has tries left; a
+    /// node whose last attempt was cut short runs again.
+    fn from_runs(plan: &Plan, runs: &[NodeRunRecord]) -> Self {
+        let n = plan.nodes.len();
+        let mut book = Self {
+            states: vec![State::Pending; n],
+            next_attempt: vec![1; n],
+            tries_used: vec![0; n],
+            outputs: vec![None; n],
+            errors: vec![None; n],
+            delay_until: vec![None; n],
+        };
+        for (i, node) in plan.nodes.iter().enumerate() {
+            let rows: Vec<&NodeRunRecord> = runs.iter().filter(|r| r.node_id == node.id).collect();
+            let Some(last) = rows.iter().max_by_key(|r| r.attempt) else {
+                continue;
+            };
+            book.next_attempt[i] = last.attempt + 1;
+            book.tries_used[i] = rows
+                .iter()
+                .filter(|r| matches!(r.status, NodeStatus::Failed | NodeStatus::TimedOut))
+                .count() as u32;
+            book.delay_until[i] = rows
+                .iter()
+                .find_map(|r| r.input.as_ref()?.get("until_ms")?.as_i64());
+            if let Some(done) = rows.iter().find(|r| r.status == NodeStatus::Succeeded) {
+                let output = done.output.clone().unwrap_or(Value::Null);
+                book.states[i] =
+                    State::Succeeded(output.as_bool().filter(|_| node.kind == "condition"));
+                book.outputs[i] = Some(output);
+                continue;
+            }
+            book.states[i] = match last.status {
+                NodeStatus::Skipped => State::Skipped,
+                NodeStatus::Cancelled if last.attempt == 0 => State::Cancelled,
+                NodeStatus::Failed | NodeStatus::TimedOut => {
+                    book.errors[i] = Some(last.error.clone());
+                    let tries_left = node.backoff.max_attempts > book.tries_used[i];
+                    if last.retryable && tries_left {
+                        State::Pending
+                    } else {
+                        State::Failed
+                    }
+                }
+                _ => State::Pending,
+            };
+        }
+        book
+    }
+
+    /// Where a node starts, with the scope its templates and CEL see: the execution's
+    /// input, its finished ancestors and the execution.
+    fn start(&self, i: usize, plan: &Plan, record: &ExecutionRecord) -> NodeStart {
+        let mut nodes = serde_json::Map::new();
+        for a in plan.graph.ancestors(i) {
+            if self.states[a].is_final() {
+                nodes.insert(
+                    plan.nodes[a].id.clone(),
+                    json!({
+                        "status": state_name(self.states[a]),
+                        "output": self.outputs[a].clone().unwrap_or(Value::Null),
+                        "error": self.errors[a].clone().unwrap_or_default(),
+                    }),
+                );
+            }
+        }
+        let origin = record.origin.clone().unwrap_or_default();
+        let scope = json!({
+            "input": plan.input,
+            "nodes": nodes,
+            "execution": {
+                "id": record.id,
+                "key": record.idempotency_key,
+                "schedule_id": origin.schedule_id,
+                "run_id": origin.run_id,
+                "nominal_time": origin.nominal_time.as_ref()
+                    .map(|t| almanac_proto::time::ms_to_rfc3339(almanac_proto::time::timestamp_to_ms(t)))
+                    .unwrap_or_default(),
+                "attempt": origin.attempt,
+            },
+        });
+        NodeStart {
+            index: i,
+            attempt: self.next_attempt[i],
+            try_number: self.tries_used[i] + 1,
+            delay_until: self.delay_until[i],
+            scope,
+        }
+    }
+}
+
+fn state_name(state: State) -> &'static str {
+    match state {
+        State::Pending => "PENDING",
+        State::Running => "RUNNING",
+        State::Succeeded(_) => "SUCCEEDED",
+        State::Failed => "FAILED",
+        State::Skipped => "SKIPPED",
+        State::Cancelled => "CANCELLED",
+    }
+}
+
 async fn drive(engine: &Arc<Engine>, id: &str, live: &Live) -> Result<(), Stop> {
     let Some(record) = engine.store.get_execution(id).await? else {
         return Ok(());
@@ -78,14 +184,21 @@ async fn drive(engine: &Arc<Engine>, id: &str, live: &Live) -> Result<(), Stop> 
     if record.status.is_finished() {
         return Ok(());
     }
-    let runs = engine.store.node_runs(id).await?;
-    for run in runs.iter().filter(|r| r.status == NodeStatus::Running) {
-        // Left in flight by a process that stopped: close it; the node runs again.
+    let plan = match Plan::for_execution(&record.action, record.pipeline.as_ref()) {
+        Ok(plan) => plan,
+        Err(error) => return finish(engine, id, ExecutionStatus::Failed, None, error, false).await,
+    };
+    let deadline_ms = match (record.deadline_ms, plan.timeout_ms) {
+        (Some(d), Some(t)) => Some(d.min(record.created_ms + t)),
+        (d, t) => d.or(t.map(|t| record.created_ms + t)),
+    };
+    let mut runs = engine.store.node_runs(id).await?;
+    for run in runs.iter_mut().filter(|r| r.status == NodeStatus::Running) {
+        // CANCELLED, not FAILED: an interrupted attempt uses no try of the retry policy;
+        // the node is attempted again with the same key.
         engine
             .append(
                 id,
-                // CANCELLED, not FAILED: an interrupted attempt uses no try of the
-                // retry policy; the node is attempted again with the same key.
                 Transition::NodeFailed {
                     node_id: run.node_id.clone(),
                     attempt: run.attempt,
@@ -96,17 +209,14 @@ async fn drive(engine: &Arc<Engine>, id: &str, live: &Live) -> Result<(), Stop> 
                 },
             )
             .await?;
+        run.status = NodeStatus::Cancelled;
     }
     if record.cancel_requested.is_some() {
-        return finish_cancelled(engine, id).await;
+        return finish_cancelled(engine, id, &plan, &Book::from_runs(&plan, &runs)).await;
     }
-    if deadline_passed(engine, &record) {
-        return finish_timed_out(engine, id).await;
+    if deadline_ms.is_some_and(|d| engine.clock.now_ms() >= d) {
+        return finish_timed_out(engine, id, &plan, &Book::from_runs(&plan, &runs)).await;
     }
-    let plan = match Plan::for_action(&record.action) {
-        Ok(plan) => plan,
-        Err(error) => return finish(engine, id, ExecutionStatus::Failed, None, error, false).await,
-    };
 
     // Executions waiting for a permit stay RUNNING.
     let _permit = tokio::select! {
@@ -114,84 +224,146 @@ async fn drive(engine: &Arc<Engine>, id: &str, live: &Live) -> Result<(), Stop> 
             Ok(permit) => permit,
             Err(_) => return Err(Stop::Shutdown),
         },
-        () = live.stop_new.cancelled() => return finish_cancelled(engine, id).await,
-        () = until_deadline(engine, record.deadline_ms) => return finish_timed_out(engine, id).await,
+        () = live.stop_new.cancelled() => {
+            return finish_cancelled(engine, id, &plan, &Book::from_runs(&plan, &runs)).await;
+        }
+        () = until(engine, deadline_ms) => {
+            return finish_timed_out(engine, id, &plan, &Book::from_runs(&plan, &runs)).await;
+        }
         () = engine.shutdown.cancelled() => return Err(Stop::Shutdown),
     };
 
-    let mut result = None;
-    for node in &plan.nodes {
-        let attempts: Vec<&NodeRunRecord> = runs.iter().filter(|r| r.node_id == node.id).collect();
-        if let Some(done) = attempts.iter().find(|r| r.status == NodeStatus::Succeeded) {
-            result = done.output.clone();
-            continue;
-        }
-        if live.stop_new.is_cancelled() {
-            return finish_cancelled(engine, id).await;
-        }
-        if deadline_passed(engine, &record) {
-            return finish_timed_out(engine, id).await;
-        }
-        let mut attempt = attempts.iter().map(|r| r.attempt).max().unwrap_or(0) + 1;
-        // Tries of the retry policy used so far: real failures only, not interruptions.
-        let mut try_number = attempts
-            .iter()
-            .filter(|r| r.status == NodeStatus::Failed)
-            .count() as u32
-            + 1;
-        let backoff = Backoff::for_action(&node.action);
-        loop {
-            match run_node(engine, &record, live, node, attempt, try_number).await? {
-                Outcome::Succeeded(output) => {
-                    result = Some(output);
-                    break;
-                }
-                Outcome::Failed(error) => {
-                    if live.stop_new.is_cancelled() {
-                        return finish_cancelled(engine, id).await;
+    let mut book = Book::from_runs(&plan, &runs);
+    let stop = live.abort.child_token();
+    let shared = Shared {
+        engine,
+        record: &record,
+        plan: &plan,
+        live,
+        stop: &stop,
+        deadline_ms,
+    };
+    // A failure committed before a restart, unhandled, still fails the execution.
+    let mut failure: Option<(usize, String, bool)> = (0..plan.nodes.len())
+        .find(|&i| book.states[i] == State::Failed && !plan.graph.failure_handled(i))
+        .map(|i| (i, book.errors[i].clone().unwrap_or_default(), true));
+    let mut timed_out = false;
+    let mut running = FuturesUnordered::new();
+    let mut ready: VecDeque<usize> = VecDeque::new();
+    loop {
+        let stopping = failure.is_some() || timed_out || live.stop_new.is_cancelled();
+        if !stopping {
+            for step in plan.graph.advance(&mut book.states) {
+                match step {
+                    Step::Run(i) => {
+                        book.states[i] = State::Running;
+                        ready.push_back(i);
                     }
-                    let delay = error
-                        .retryable
-                        .then(|| backoff.delay_before(try_number + 1, error.retry_after_ms))
-                        .flatten()
-                        .filter(|&d| {
-                            record
-                                .deadline_ms
-                                .is_none_or(|dl| (engine.clock.now_ms() + d as i64) < dl)
-                        });
-                    let Some(delay) = delay else {
-                        let message = if try_number > 1 {
-                            format!("failed after {try_number} tries: {}", error.message)
-                        } else {
-                            error.message
-                        };
-                        let status = ExecutionStatus::Failed;
-                        return finish(engine, id, status, None, message, error.retryable).await;
-                    };
-                    attempt += 1;
-                    try_number += 1;
-                    let retrying = Transition::NodeRetrying {
-                        node_id: node.id.clone(),
-                        attempt,
-                        backoff_ms: delay as i64,
-                    };
-                    engine.append(id, retrying).await?;
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_millis(delay)) => {}
-                        () = live.stop_new.cancelled() => return finish_cancelled(engine, id).await,
-                        () = until_deadline(engine, record.deadline_ms) => return finish_timed_out(engine, id).await,
-                        () = engine.shutdown.cancelled() => return Err(Stop::Shutdown),
+                    Step::Skip(i, reason) => {
+                        not_run(engine, id, &plan, i, NodeStatus::Skipped, &reason).await?;
                     }
                 }
-                Outcome::Cancelled => return finish_cancelled(engine, id).await,
-                Outcome::TimedOut => return finish_timed_out(engine, id).await,
+            }
+            while running.len() < plan.max_parallelism.max(1)
+                && let Some(i) = ready.pop_front()
+            {
+                running.push(run_to_end(&shared, book.start(i, &plan, &record)));
+            }
+        } else {
+            // Nodes decided but not started are not started now.
+            for i in ready.drain(..) {
+                book.states[i] = State::Pending;
             }
         }
+        if running.is_empty() {
+            break;
+        }
+        tokio::select! {
+            ended = running.next() => {
+                let Some(ended) = ended else { break };
+                let (i, end) = ended?;
+                match end {
+                    NodeEnd::Succeeded(output) => {
+                        let condition = output.as_bool().filter(|_| plan.nodes[i].kind == "condition");
+                        book.states[i] = State::Succeeded(condition);
+                        book.outputs[i] = Some(output);
+                    }
+                    NodeEnd::Failed(error) => {
+                        book.states[i] = State::Failed;
+                        book.errors[i] = Some(error.message.clone());
+                        if !plan.graph.failure_handled(i) && failure.is_none() {
+                            failure = Some((i, error.message, error.retryable));
+                            stop.cancel();
+                        }
+                    }
+                    NodeEnd::Cancelled => book.states[i] = State::Cancelled,
+                    NodeEnd::TimedOut => {
+                        book.states[i] = State::Cancelled;
+                        timed_out = true;
+                        stop.cancel();
+                    }
+                }
+            }
+            () = live.stop_new.cancelled(), if !live.stop_new.is_cancelled() => {}
+            () = engine.shutdown.cancelled() => return Err(Stop::Shutdown),
+        }
     }
-    // A graceful cancel lets the work in flight end, then the execution ends CANCELLED.
+
+    drop(running);
+    if timed_out
+        || deadline_ms.is_some_and(|d| engine.clock.now_ms() >= d)
+            && book.states.iter().any(|s| !s.is_final())
+    {
+        return finish_timed_out(engine, id, &plan, &book).await;
+    }
+    if let Some((i, error, retryable)) = failure {
+        cancel_unstarted(
+            engine,
+            id,
+            &plan,
+            &book,
+            &format!("node {} failed", plan.nodes[i].id),
+        )
+        .await?;
+        let message = if plan.single {
+            error
+        } else {
+            format!("node {} failed: {error}", plan.nodes[i].id)
+        };
+        return finish(
+            engine,
+            id,
+            ExecutionStatus::Failed,
+            None,
+            message,
+            retryable,
+        )
+        .await;
+    }
     if live.stop_new.is_cancelled() {
-        return finish_cancelled(engine, id).await;
+        return finish_cancelled(engine, id, &plan, &book).await;
     }
+    let result = if plan.single {
+        book.outputs[0].clone()
+    } else {
+        let outputs: serde_json::Map<String, Value> = plan
+            .graph
+            .leaves()
+            .into_iter()
+            .filter(|&i| matches!(book.states[i], State::Succeeded(_)))
+            .map(|i| {
+                (
+                    plan.nodes[i].id.clone(),
+                    book.outputs[i].clone().unwrap_or(Value::Null),
+                )
+            })
+            .collect();
+        let handled: Vec<Value> = (0..plan.nodes.len())
+            .filter(|&i| book.states[i] == State::Failed)
+            .map(|i| json!({ "node": plan.nodes[i].id, "error": book.errors[i] }))
+            .collect();
+        Some(json!({ "outputs": outputs, "handled_failures": handled }))
+    };
     finish(
         engine,
         id,
@@ -203,116 +375,55 @@ async fn drive(engine: &Arc<Engine>, id: &str, live: &Live) -> Result<(), Stop> 
     .await
 }
 
-/// Runs one attempt of one node and records how it ended (except on shutdown, which
-/// leaves the attempt RUNNING for the next process to close and retry).
-async fn run_node(
-    engine: &Arc<Engine>,
-    record: &ExecutionRecord,
-    live: &Live,
-    node: &PlanNode,
-    attempt: u32,
-    try_number: u32,
-) -> Result<Outcome, Stop> {
-    let id = record.id.as_str();
-    // Templates are rendered per run; the node's input is the action as sent.
-    let run_context = RunContext::new(record.origin.as_ref(), id, &record.idempotency_key);
-    let rendered = templates::render(
-        &Action {
-            kind: Some(node.action.clone()),
-        },
-        &run_context,
-    )
-    .and_then(|a| {
-        a.kind
-            .ok_or_else(|| "the rendered action has no kind".to_owned())
-    });
-    let input = match &rendered {
-        Ok(kind) => serde_json::to_value(Action {
-            kind: Some(kind.clone()),
-        })
-        .unwrap_or(Value::Null),
-        Err(_) => serde_json::to_value(&record.action).unwrap_or(Value::Null),
-    };
-    let started = engine
+/// Records a node that will not run: SKIPPED (no edge taken) or CANCELLED (the execution
+/// stopped first).
+async fn not_run(
+    engine: &Engine,
+    id: &str,
+    plan: &Plan,
+    i: usize,
+    status: NodeStatus,
+    reason: &str,
+) -> Result<(), Stop> {
+    engine
         .append(
             id,
-            Transition::NodeStarted {
-                node_id: node.id.clone(),
-                kind: node.kind.to_owned(),
-                attempt,
-                input,
+            Transition::NodeSkipped {
+                node_id: plan.nodes[i].id.clone(),
+                kind: plan.nodes[i].kind.to_owned(),
+                status,
+                reason: reason.to_owned(),
             },
         )
         .await?;
-    tracing::info!(execution_id = id, node_id = %node.id, attempt, kind = node.kind, "node started");
+    Ok(())
+}
 
-    let outcome = match (engine.registry.get(node.kind), rendered) {
-        (_, Err(problem)) => Outcome::Failed(ActionError::permanent(problem)),
-        (None, _) => Outcome::Failed(ActionError::permanent(format!(
-            "this executor has no handler for {} actions",
-            node.kind
-        ))),
-        (Some(handler), Ok(action)) => {
-            let ctx = ActionContext {
-                execution_id: id.to_owned(),
-                idempotency_key: record.idempotency_key.clone(),
-                node_id: node.id.clone(),
-                attempt,
-                try_number,
-                origin: record.origin.clone(),
-                deadline_ms: record.deadline_ms,
-                now_ms: engine.clock.now_ms(),
-            };
-            let cancel = CancellationToken::new();
-            let _stop_handler = cancel.clone().drop_guard();
-            tokio::select! {
-                biased;
-                result = handler.run(&ctx, &action, cancel.clone()) => match result {
-                    Ok(output) => Outcome::Succeeded(output),
-                    // The call's own timeout is bounded by the deadline: if the deadline
-                    // has passed, that is why it failed.
-                    Err(_) if deadline_passed(engine, record) => Outcome::TimedOut,
-                    Err(error) => Outcome::Failed(error),
-                },
-                () = live.abort.cancelled() => Outcome::Cancelled,
-                () = until_deadline(engine, record.deadline_ms) => Outcome::TimedOut,
-                () = engine.shutdown.cancelled() => return Err(Stop::Shutdown),
-            }
+/// Records every node that never started CANCELLED.
+async fn cancel_unstarted(
+    engine: &Engine,
+    id: &str,
+    plan: &Plan,
+    book: &Book,
+    why: &str,
+) -> Result<(), Stop> {
+    if plan.single {
+        return Ok(());
+    }
+    for i in 0..plan.nodes.len() {
+        if book.states[i] == State::Pending && book.next_attempt[i] == 1 {
+            not_run(
+                engine,
+                id,
+                plan,
+                i,
+                NodeStatus::Cancelled,
+                &format!("cancelled: {why}"),
+            )
+            .await?;
         }
-    };
-
-    let node_id = node.id.clone();
-    let transition = match &outcome {
-        Outcome::Succeeded(output) => Transition::NodeSucceeded {
-            node_id,
-            attempt,
-            output: output.clone(),
-            duration_ms: (engine.clock.now_ms() - started.at_ms).max(0),
-        },
-        Outcome::Failed(error) => Transition::NodeFailed {
-            node_id,
-            attempt,
-            status: NodeStatus::Failed,
-            error: error.message.clone(),
-            retryable: error.retryable,
-        },
-        Outcome::Cancelled => Transition::NodeFailed {
-            node_id,
-            attempt,
-            status: NodeStatus::Cancelled,
-            error: "cancelled: the execution was terminated".into(),
-            retryable: false,
-        },
-        Outcome::TimedOut => Transition::NodeFailed {
-            node_id,
-            attempt,
-            status: NodeStatus::TimedOut,
-            error: "timed out: the execution's deadline passed".into(),
-            retryable: true,
-        },
-    };
-    engine.append(id, transition).await?;
-    Ok(outcome)
+    }
+    Ok(())
 }
 
 async fn finish(
@@ -343,7 +454,7 @@ async fn finish(
     Ok(())
 }
 
-async fn finish_cancelled(engine: &Engine, id: &str) -> Result<(), Stop> {
+async fn finish_cancelled(engine: &Engine, id: &str, plan: &Plan, book: &Book) -> Result<(), Stop> {
     let reason = engine
         .store
         .get_execution(id)
@@ -355,22 +466,18 @@ async fn finish_cancelled(engine: &Engine, id: &str) -> Result<(), Stop> {
     } else {
         format!("cancelled on request: {reason}")
     };
+    cancel_unstarted(engine, id, plan, book, "the execution was cancelled").await?;
     finish(engine, id, ExecutionStatus::Cancelled, None, error, false).await
 }
 
-async fn finish_timed_out(engine: &Engine, id: &str) -> Result<(), Stop> {
+async fn finish_timed_out(engine: &Engine, id: &str, plan: &Plan, book: &Book) -> Result<(), Stop> {
+    cancel_unstarted(engine, id, plan, book, "the execution's deadline passed").await?;
     let error = "timed out: the execution's deadline passed".to_owned();
     finish(engine, id, ExecutionStatus::TimedOut, None, error, true).await
 }
 
-fn deadline_passed(engine: &Engine, record: &ExecutionRecord) -> bool {
-    record
-        .deadline_ms
-        .is_some_and(|d| engine.clock.now_ms() >= d)
-}
-
 /// Resolves when the deadline passes (never without one).
-fn until_deadline(engine: &Engine, deadline_ms: Option<i64>) -> impl Future<Output = ()> + use<> {
+fn until(engine: &Engine, deadline_ms: Option<i64>) -> impl Future<Output = ()> + use<> {
     let wait =
         deadline_ms.map(|d| Duration::from_millis((d - engine.clock.now_ms()).max(0) as u64));
     async move {

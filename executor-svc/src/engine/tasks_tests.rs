@@ -190,6 +190,7 @@ async fn queues_over_a_store() -> (tempfile::TempDir, Arc<TaskQueues>, Cancellat
             origin: None,
             deadline_ms: None,
             created_ms: 0,
+            pipeline: None,
         })
         .await
         .unwrap();

@@ -296,6 +296,9 @@ pub fn event(event: Event) -> pb::ExecutionEvent {
             attempt,
             backoff: Some(ms_to_duration(backoff_ms)),
         }),
+        EventKind::NodeSkipped { node_id, reason } => {
+            Kind::NodeSkipped(pb::NodeSkipped { node_id, reason })
+        }
         EventKind::Progress {
             node_id,
             percent,

@@ -135,6 +135,7 @@ impl ExecutorService for ExecutorGrpc {
         };
         self.engine
             .validate_action(req.action.as_ref(), prefix)
+            .await
             .map_err(to_status)?;
         Ok(Response::new(pb::ValidateActionResponse {}))
     }

@@ -14,6 +14,7 @@ pub fn to_status(error: ExecutorError) -> Status {
         ExecutorError::FailedPrecondition(violations) => {
             almanac_proto::status::failed_precondition(&violations)
         }
+        ExecutorError::Aborted(why) => Status::aborted(why),
         ExecutorError::NotFound(what) => Status::not_found(format!("{what} not found")),
         ExecutorError::AlreadyExists(message) => Status::already_exists(message),
         ExecutorError::AlreadyFinished(id) => {

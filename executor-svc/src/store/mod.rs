@@ -2,6 +2,7 @@
 //! `Arc<dyn ExecutorStore>`) and one module per backend. Each method is one use case and
 //! one transaction, so backends agree on what is atomic; the engine never sees SQL.
 
+pub mod pipelines;
 pub mod sqlite;
 pub mod tasks;
 
@@ -12,13 +13,14 @@ use crate::model::{
     CancelMode, Event, ExecutionRecord, ListQuery, NewExecution, NodeRunRecord, Transition,
 };
 
+pub use pipelines::PipelineStore;
 pub use sqlite::SqliteStore;
 pub use tasks::TaskStore;
 
 /// Where executions, their node runs and their events live (and, through `TaskStore`,
 /// the tasks and process groups of `run_task`).
 #[async_trait]
-pub trait ExecutorStore: TaskStore + Send + Sync + 'static {
+pub trait ExecutorStore: TaskStore + PipelineStore + Send + Sync + 'static {
     /// Stores a new execution (RUNNING) and its first event, `ExecutionStarted` with seq 1,
     /// in one transaction. A taken idempotency key is `ExecutorError::AlreadyExists`: the
     /// unique constraint decides races, and the caller then loads the existing execution.

@@ -3,6 +3,7 @@
 //! `BEGIN IMMEDIATE` so writers queue instead of failing with SQLITE_BUSY, and a small
 //! read pool so API reads never wait behind writes.
 
+mod pipelines;
 mod rows;
 mod tasks;
 
@@ -122,8 +123,8 @@ impl ExecutorStore for SqliteStore {
         let mut tx = self.begin_write().await?;
         let inserted = sqlx::query(
             "INSERT INTO executions (id, idempotency_key, fingerprint, action, origin, schedule_id,
-                 deadline_ms, status, created_ms, started_ms, last_seq)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'RUNNING', ?8, ?8, 1)",
+                 deadline_ms, status, created_ms, started_ms, last_seq, pipeline)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'RUNNING', ?8, ?8, 1, ?9)",
         )
         .bind(&new.id)
         .bind(&new.idempotency_key)
@@ -133,6 +134,7 @@ impl ExecutorStore for SqliteStore {
         .bind(schedule_id)
         .bind(new.deadline_ms)
         .bind(new.created_ms)
+        .bind(new.pipeline.as_ref().map(encode_json).transpose()?)
         .execute(&mut *tx)
         .await;
         match inserted.map_err(classify) {
@@ -416,6 +418,25 @@ async fn apply(
         }
         // The event is the whole record of these two.
         Transition::NodeRetrying { .. } | Transition::Progress { .. } => return Ok(()),
+        Transition::NodeSkipped {
+            node_id,
+            kind,
+            status,
+            reason,
+        } => {
+            sqlx::query(
+                "INSERT INTO node_runs (execution_id, node_id, attempt, kind, status, error, started_ms, finished_ms)
+                 VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?6)",
+            )
+            .bind(execution_id)
+            .bind(node_id)
+            .bind(kind)
+            .bind(status.as_str())
+            .bind(reason)
+            .bind(at_ms)
+            .execute(&mut **tx)
+            .await
+        }
         Transition::ExecutionFinished {
             status,
             result,

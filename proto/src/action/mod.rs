@@ -77,10 +77,12 @@ pub fn validate(action: Option<&Action>, prefix: &str) -> Vec<FieldViolation> {
         Kind::CallApi(call) => call_api::check_call_api(call, &mut out),
         Kind::SendNotification(n) => notify::check_notification(n, &mut out),
         Kind::RunTask(task) => task::check_run_task(task, &mut out),
-        Kind::ExecutePipeline(_) => out.bad(
-            "",
-            "the execute_pipeline action is not available in this version of almanac",
-        ),
+        Kind::ExecutePipeline(run) => {
+            out.required("pipeline_id", &run.pipeline_id);
+            if run.version < 0 {
+                out.bad("version", "must not be negative (0: the latest version)");
+            }
+        }
     }
     out.list
 }
@@ -267,7 +269,10 @@ mod tests {
         let pipeline = Action {
             kind: Some(Kind::ExecutePipeline(Default::default())),
         };
-        assert_eq!(fields(Some(&pipeline)), ["action.execute_pipeline"]);
+        assert_eq!(
+            fields(Some(&pipeline)),
+            ["action.execute_pipeline.pipeline_id"]
+        );
     }
 
     #[test]

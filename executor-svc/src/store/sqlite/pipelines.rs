@@ -11,7 +11,8 @@ use crate::error::ExecutorError;
 use crate::store::pipelines::{Breaker, PipelineStore};
 
 fn decode(text: &str) -> Result<Pipeline, ExecutorError> {
-    serde_json::from_str(text).map_err(|e| ExecutorError::Corrupt(format!("pipelines.definition: {e}")))
+    serde_json::from_str(text)
+        .map_err(|e| ExecutorError::Corrupt(format!("pipelines.definition: {e}")))
 }
 
 fn encode(pipeline: &Pipeline) -> Result<String, ExecutorError> {
@@ -28,17 +29,26 @@ impl PipelineStore for SqliteStore {
         now_ms: i64,
     ) -> Result<Pipeline, ExecutorError> {
         let mut tx = self.begin_write().await?;
-        let latest: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM pipelines WHERE id = ?1")
-            .bind(&pipeline.id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(classify)?;
+        let latest: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM pipelines WHERE id = ?1")
+                .bind(&pipeline.id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(classify)?;
         let version = match (create, latest) {
             (true, Some(_)) => {
-                return Err(ExecutorError::AlreadyExists(format!("pipeline {:?} already exists", pipeline.id)));
+                return Err(ExecutorError::AlreadyExists(format!(
+                    "pipeline {:?} already exists",
+                    pipeline.id
+                )));
             }
             (true, None) => 1,
-            (false, None) => return Err(ExecutorError::NotFound(format!("pipeline {:?}", pipeline.id))),
+            (false, None) => {
+                return Err(ExecutorError::NotFound(format!(
+                    "pipeline {:?}",
+                    pipeline.id
+                )));
+            }
             (false, Some(latest)) => {
                 if let Some(expected) = expected_latest.filter(|&e| e != latest) {
                     return Err(ExecutorError::Aborted(format!(
@@ -52,19 +62,25 @@ impl PipelineStore for SqliteStore {
         let mut stored = pipeline.clone();
         stored.version = version;
         stored.create_time = Some(ms_to_timestamp(now_ms));
-        sqlx::query("INSERT INTO pipelines (id, version, definition, created_ms) VALUES (?1, ?2, ?3, ?4)")
-            .bind(&stored.id)
-            .bind(version)
-            .bind(encode(&stored)?)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
+        sqlx::query(
+            "INSERT INTO pipelines (id, version, definition, created_ms) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(&stored.id)
+        .bind(version)
+        .bind(encode(&stored)?)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
         tx.commit().await.map_err(classify)?;
         Ok(stored)
     }
 
-    async fn get_pipeline(&self, id: &str, version: Option<i64>) -> Result<Option<Pipeline>, ExecutorError> {
+    async fn get_pipeline(
+        &self,
+        id: &str,
+        version: Option<i64>,
+    ) -> Result<Option<Pipeline>, ExecutorError> {
         let row = sqlx::query(
             "SELECT definition FROM pipelines WHERE id = ?1 AND (?2 IS NULL OR version = ?2) \
              ORDER BY version DESC LIMIT 1",
@@ -74,10 +90,15 @@ impl PipelineStore for SqliteStore {
         .fetch_optional(&self.readers)
         .await
         .map_err(classify)?;
-        row.map(|r| decode(&r.get::<String, _>("definition"))).transpose()
+        row.map(|r| decode(&r.get::<String, _>("definition")))
+            .transpose()
     }
 
-    async fn list_pipelines(&self, after_id: Option<&str>, limit: u32) -> Result<Vec<Pipeline>, ExecutorError> {
+    async fn list_pipelines(
+        &self,
+        after_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Pipeline>, ExecutorError> {
         let rows = sqlx::query(
             "SELECT p.definition FROM pipelines p \
              JOIN (SELECT id, MAX(version) AS version FROM pipelines \
@@ -90,7 +111,9 @@ impl PipelineStore for SqliteStore {
         .fetch_all(&self.readers)
         .await
         .map_err(classify)?;
-        rows.iter().map(|r| decode(&r.get::<String, _>("definition"))).collect()
+        rows.iter()
+            .map(|r| decode(&r.get::<String, _>("definition")))
+            .collect()
     }
 
     async fn delete_pipeline(&self, id: &str) -> Result<bool, ExecutorError> {

@@ -15,7 +15,7 @@ use crate::model::{
 /// The columns `execution_from_row` reads, in a SELECT list.
 pub(super) const EXECUTION_COLUMNS: &str = "id, idempotency_key, fingerprint, action, origin, \
      deadline_ms, status, result, error, retryable, cancel_requested, cancel_reason, \
-     created_ms, started_ms, finished_ms, last_seq";
+     created_ms, started_ms, finished_ms, last_seq, pipeline";
 
 /// The columns `node_run_from_row` reads, in a SELECT list.
 pub(super) const NODE_RUN_COLUMNS: &str =
@@ -82,6 +82,7 @@ pub(super) fn execution_from_row(row: &SqliteRow) -> Result<ExecutionRecord, Exe
         finished_ms: get(row, "finished_ms")?,
         last_seq: u64::try_from(last_seq)
             .map_err(|_| ExecutorError::Corrupt(format!("last_seq {last_seq}")))?,
+        pipeline: opt_json(row, "pipeline")?,
     })
 }
 

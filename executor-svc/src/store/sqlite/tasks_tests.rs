@@ -27,6 +27,7 @@ async fn execution(store: &SqliteStore, id: &str) {
             origin: None,
             deadline_ms: None,
             created_ms: 0,
+            pipeline: None,
         })
         .await
         .unwrap();

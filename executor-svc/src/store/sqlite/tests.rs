@@ -28,6 +28,7 @@ fn new_execution(id: &str, key: &str, schedule: Option<&str>) -> NewExecution {
         }),
         deadline_ms: Some(9_000),
         created_ms: 1_000,
+        pipeline: None,
     }
 }
 
