@@ -105,12 +105,16 @@ pub(super) async fn run_to_end(
 ) -> Result<(usize, NodeEnd), Stop> {
     let i = start.index;
     let node = &s.plan.nodes[i];
-    if let Some(refusal) = breaker_refusal(s, node).await? {
-        let attempt = start.attempt;
-        append_started(s, node, attempt, Value::Null).await?;
-        append_failed(s, node, attempt, NodeStatus::Failed, &refusal).await?;
-        return Ok((i, NodeEnd::Failed(refusal)));
-    }
+    let half_open = match breaker_state(s, node).await? {
+        BreakerState::Open(refusal) => {
+            let attempt = start.attempt;
+            append_started(s, node, attempt, Value::Null).await?;
+            append_failed(s, node, attempt, NodeStatus::Failed, &refusal).await?;
+            return Ok((i, NodeEnd::Failed(refusal)));
+        }
+        BreakerState::HalfOpen => true,
+        BreakerState::Closed => false,
+    };
     loop {
         let attempt = start.attempt;
         match attempt_once(s, node, &start).await? {
@@ -125,8 +129,8 @@ pub(super) async fn run_to_end(
                     // A graceful cancel lets the attempt end and starts no new one.
                     return Ok((i, NodeEnd::Cancelled));
                 }
-                let delay = error
-                    .retryable
+                // A half-open breaker lets one attempt through: no retry after it.
+                let delay = (error.retryable && !half_open)
                     .then(|| {
                         node.backoff
                             .delay_before(start.try_number + 1, error.retry_after_ms)
@@ -168,25 +172,36 @@ pub(super) async fn run_to_end(
     }
 }
 
-/// `Some(error)` when the node's circuit breaker is open: fail fast, run nothing.
-async fn breaker_refusal(s: &Shared<'_>, node: &PlanNode) -> Result<Option<ActionError>, Stop> {
+/// Where a node's circuit breaker stands as the node starts.
+enum BreakerState {
+    /// No breaker, or below its threshold: the node runs with its retries.
+    Closed,
+    /// Open past its cool-down: one attempt goes through, without retries.
+    HalfOpen,
+    /// Open: fail fast with this error, run nothing.
+    Open(ActionError),
+}
+
+async fn breaker_state(s: &Shared<'_>, node: &PlanNode) -> Result<BreakerState, Stop> {
     let (Some(pipeline), Some((threshold, cool_down_ms))) = (&s.plan.pipeline_id, node.breaker)
     else {
-        return Ok(None);
+        return Ok(BreakerState::Closed);
     };
     let breaker = s.engine.store.breaker(pipeline, &node.id).await?;
     Ok(match breaker.opened_ms {
-        Some(opened)
-            if breaker.consecutive_failures >= threshold && s.now() < opened + cool_down_ms =>
-        {
-            Some(ActionError::permanent(format!(
-                "circuit breaker open: {} consecutive failures of node {}; it half-opens at {}",
-                breaker.consecutive_failures,
-                node.id,
-                ms_to_rfc3339(opened + cool_down_ms)
-            )))
+        Some(opened) if breaker.consecutive_failures >= threshold => {
+            if s.now() < opened + cool_down_ms {
+                BreakerState::Open(ActionError::permanent(format!(
+                    "circuit breaker open: {} consecutive failures of node {}; it half-opens at {}",
+                    breaker.consecutive_failures,
+                    node.id,
+                    ms_to_rfc3339(opened + cool_down_ms)
+                )))
+            } else {
+                BreakerState::HalfOpen
+            }
         }
-        _ => None,
+        _ => BreakerState::Closed,
     })
 }
 

@@ -70,6 +70,8 @@ struct Book {
     tries_used: Vec<u32>,
     outputs: Vec<Option<Value>>,
     errors: Vec<Option<String>>,
+    /// Whether a failed node's last failure was retryable (it fails the execution so).
+    retryable: Vec<bool>,
     delay_until: Vec<Option<i64>>,
 }
 
@@ -85,6 +87,7 @@ impl Book {
             tries_used: vec![0; n],
             outputs: vec![None; n],
             errors: vec![None; n],
+            retryable: vec![false; n],
             delay_until: vec![None; n],
         };
         for (i, node) in plan.nodes.iter().enumerate() {
@@ -112,6 +115,7 @@ impl Book {
                 NodeStatus::Cancelled if last.attempt == 0 => State::Cancelled,
                 NodeStatus::Failed | NodeStatus::TimedOut => {
                     book.errors[i] = Some(last.error.clone());
+                    book.retryable[i] = last.retryable;
                     let tries_left = node.backoff.max_attempts > book.tries_used[i];
                     if last.retryable && tries_left {
                         State::Pending
@@ -246,9 +250,20 @@ async fn drive(engine: &Arc<Engine>, id: &str, live: &Live) -> Result<(), Stop> 
     // A failure committed before a restart, unhandled, still fails the execution.
     let mut failure: Option<(usize, String, bool)> = (0..plan.nodes.len())
         .find(|&i| book.states[i] == State::Failed && !plan.graph.failure_handled(i))
-        .map(|i| (i, book.errors[i].clone().unwrap_or_default(), true));
+        .map(|i| {
+            (
+                i,
+                book.errors[i].clone().unwrap_or_default(),
+                book.retryable[i],
+            )
+        });
     let mut timed_out = false;
-    let mut running = FuturesUnordered::new();
+    // Every write this loop waits for is a future in `running`, polled together: a node
+    // holding the store's one writer mid-transaction must never wait on a write this loop
+    // makes outside it (the two would deadlock until the pool gave up).
+    let shared = &shared;
+    let mut running: FuturesUnordered<Work<'_>> = FuturesUnordered::new();
+    let mut nodes_running = 0usize;
     let mut ready: VecDeque<usize> = VecDeque::new();
     loop {
         let stopping = failure.is_some() || timed_out || live.stop_new.is_cancelled();
@@ -260,14 +275,22 @@ async fn drive(engine: &Arc<Engine>, id: &str, live: &Live) -> Result<(), Stop> 
                         ready.push_back(i);
                     }
                     Step::Skip(i, reason) => {
-                        not_run(engine, id, &plan, i, NodeStatus::Skipped, &reason).await?;
+                        let plan = &plan;
+                        running.push(Box::pin(async move {
+                            not_run(engine, id, plan, i, NodeStatus::Skipped, &reason).await?;
+                            Ok(None)
+                        }));
                     }
                 }
             }
-            while running.len() < plan.max_parallelism.max(1)
+            while nodes_running < plan.max_parallelism.max(1)
                 && let Some(i) = ready.pop_front()
             {
-                running.push(run_to_end(&shared, book.start(i, &plan, &record)));
+                nodes_running += 1;
+                let start = book.start(i, &plan, &record);
+                running.push(Box::pin(async move {
+                    run_to_end(shared, start).await.map(Some)
+                }));
             }
         } else {
             // Nodes decided but not started are not started now.
@@ -281,7 +304,8 @@ async fn drive(engine: &Arc<Engine>, id: &str, live: &Live) -> Result<(), Stop> 
         tokio::select! {
             ended = running.next() => {
                 let Some(ended) = ended else { break };
-                let (i, end) = ended?;
+                let Some((i, end)) = ended? else { continue };
+                nodes_running -= 1;
                 match end {
                     NodeEnd::Succeeded(output) => {
                         let condition = output.as_bool().filter(|_| plan.nodes[i].kind == "condition");
@@ -374,6 +398,11 @@ async fn drive(engine: &Arc<Engine>, id: &str, live: &Live) -> Result<(), Stop> 
     )
     .await
 }
+
+/// One piece of work the drive loop waits for: a node run to its end, or a skip recorded
+/// (`None`).
+type Work<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<Option<(usize, NodeEnd)>, Stop>> + Send + 'a>>;
 
 /// Records a node that will not run: SKIPPED (no edge taken) or CANCELLED (the execution
 /// stopped first).
