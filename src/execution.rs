@@ -47,6 +47,7 @@ pub async fn run(cmd: ExecutionCmd, endpoint: &str, out: Output) -> Result<(), C
                 execution_id: id,
                 mode: mode as i32,
                 reason: reason.unwrap_or_default(),
+                ..Default::default()
             };
             let response = client.cancel_execution(request).await?.into_inner();
             if out == Output::Json {

@@ -143,9 +143,22 @@ async fn bad_schedules_are_refused_naming_the_field_and_nothing_is_stored() {
             "schedule.overlap_policy",
         ),
         (
-            "overlap not built yet",
-            with(&|s| s.overlap_policy = pb::OverlapPolicy::BufferAll as i32),
-            "schedule.overlap_policy",
+            "a buffer too large",
+            with(&|s| {
+                s.overlap_policy = pb::OverlapPolicy::BufferAll as i32;
+                s.max_buffered = 1_000_000;
+            }),
+            "schedule.max_buffered",
+        ),
+        (
+            "a schedule retry with no attempt left",
+            with(&|s| {
+                s.retry = Some(almanac_proto::executor::v1::RetryPolicy {
+                    max_attempts: 1_000,
+                    ..Default::default()
+                })
+            }),
+            "schedule.retry.max_attempts",
         ),
         (
             "unknown misfire enum",

@@ -35,7 +35,16 @@ pub struct Config {
     pub max_concurrent_executions: usize,
     /// What actions may use: secrets, SMTP profiles, networks, programs.
     pub actions: ActionsConfig,
+    /// Finished executions are deleted this long after they finished. It must exceed the
+    /// longest time the scheduler may stay down: a scheduler re-sends the attempts it had
+    /// in flight, and a pruned key would run again.
+    pub retention: Duration,
 }
+
+/// How long finished executions are kept when the configuration does not say.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The shortest retention accepted.
+pub const MIN_RETENTION: Duration = Duration::from_secs(3600);
 
 impl Config {
     /// A configuration with the database at `database_path` and the defaults otherwise:
@@ -45,6 +54,7 @@ impl Config {
             database_path: database_path.into(),
             max_concurrent_executions: 256,
             actions: ActionsConfig::default(),
+            retention: DEFAULT_RETENTION,
         }
     }
 }

@@ -51,6 +51,7 @@ pub async fn run(
         config.max_concurrent_executions,
         stop.clone(),
     );
+    engine.spawn_retention(config.retention.max(crate::config::MIN_RETENTION));
     let resumed = match engine.resume().await {
         Ok(n) => n,
         Err(e) => {

@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// `config::ActionsConfig`); `ALMANAC_SECRET_<NAME>` variables add secrets.
     #[arg(long, env = "ALMANAC_EXECUTOR_CONFIG")]
     pub config: Option<PathBuf>,
+    /// How long finished executions are kept (e.g. `30d`; at least `1h`). It must exceed
+    /// the longest time the scheduler may stay down.
+    #[arg(long, env = "ALMANAC_EXECUTOR_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub retention: std::time::Duration,
     /// How many executions may run their actions at once.
     #[arg(long, env = "ALMANAC_EXECUTOR_MAX_CONCURRENT", default_value_t = 256)]
     pub max_concurrent_executions: usize,
@@ -67,6 +71,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     println!("executor listening on http://{addr}");
     let mut config = Config::new(args.database);
     config.max_concurrent_executions = args.max_concurrent_executions;
+    config.retention = args.retention;
     config.actions = ActionsConfig::load(args.config.as_deref())?;
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();

@@ -102,6 +102,7 @@ async fn terminate_during_a_slow_call_cancels_promptly() {
             execution_id: id.clone(),
             mode: CancelMode::Terminate as i32,
             reason: "operator said stop".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -137,6 +138,7 @@ async fn terminate_during_a_slow_call_cancels_promptly() {
             execution_id: id.clone(),
             mode: CancelMode::Graceful as i32,
             reason: "again".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -178,6 +180,7 @@ async fn graceful_cancel_lets_the_call_end_then_ends_cancelled() {
             execution_id: id,
             mode: CancelMode::Graceful as i32,
             reason: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -314,6 +314,7 @@ async fn terminating_the_execution_kills_the_command_group() {
             execution_id: id.clone(),
             mode: CancelMode::Terminate as i32,
             reason: "stop".into(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -60,6 +60,7 @@ async fn terminating_the_execution_cancels_the_task_and_its_worker_is_told() {
         execution_id: task.execution_id.clone(),
         mode: CancelMode::Terminate as i32,
         reason: "enough".into(),
+        ..Default::default()
     })
     .await
     .unwrap();

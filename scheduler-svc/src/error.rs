@@ -60,6 +60,7 @@ impl From<StoreError> for SchedulerError {
             StoreError::VersionMismatch { expected, actual } => Self::Aborted(format!(
                 "etag mismatch: the schedule is at v{actual}, the request was made against v{expected}; read it again"
             )),
+            StoreError::Conflict(why) => Self::FailedPrecondition(why),
             e @ StoreError::Unavailable(_) => Self::Unavailable(e),
             e @ (StoreError::Corrupt(_) | StoreError::Database(_)) => Self::Internal(e),
         }

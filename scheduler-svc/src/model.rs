@@ -1,7 +1,7 @@
 //! The scheduler's domain types: schedules, their policies, runs and attempts. Plain
 //! Rust, no tonic and no SQL; times are whole UTC milliseconds (DESIGN §4.3).
 
-use almanac_proto::executor::v1::Action;
+use almanac_proto::executor::v1::{Action, SendNotificationAction};
 use serde::{Deserialize, Serialize};
 
 use crate::spec::Spec;
@@ -32,6 +32,10 @@ pub struct Schedule {
     pub completion_reason: Option<String>,
     pub created_ms: i64,
     pub updated_ms: i64,
+    /// Failed runs in a row (reset by a success).
+    pub consecutive_failures: i64,
+    /// Fires skipped because the buffer was full.
+    pub buffer_overruns: i64,
 }
 
 impl Schedule {
@@ -47,7 +51,7 @@ pub fn parse_etag(etag: &str) -> Option<i64> {
 }
 
 /// Everything a user sets besides the spec and action; stored as one JSON document.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Policy {
     pub start_ms: Option<i64>,
@@ -58,6 +62,68 @@ pub struct Policy {
     pub catchup: Catchup,
     /// The time allowed to one attempt.
     pub timeout_ms: Option<i64>,
+    /// Retries of failed runs (the second layer of DESIGN §4.4).
+    pub retry: Option<RetryPolicy>,
+    /// Pause after this many failed runs in a row (0: never).
+    pub pause_on_failure: u32,
+    /// Sent when a run fails after its retries.
+    pub on_failure: Option<SendNotificationAction>,
+    /// Sent when a run succeeds after failed runs.
+    pub on_recovery: Option<SendNotificationAction>,
+    /// BUFFER_ALL's bound (0: the default).
+    pub max_buffered: u32,
+    /// How long finished runs are kept.
+    pub retention: Retention,
+}
+
+/// The most runs BUFFER_ALL keeps waiting when a schedule sets no bound.
+pub const DEFAULT_MAX_BUFFERED: u32 = 100;
+
+impl Policy {
+    /// BUFFER_ALL's bound with its default.
+    pub fn max_buffered(&self) -> u32 {
+        if self.max_buffered == 0 {
+            DEFAULT_MAX_BUFFERED
+        } else {
+            self.max_buffered
+        }
+    }
+}
+
+/// Retries of failed runs: a new attempt (a new execution key) after a backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    pub initial_backoff_ms: i64,
+    pub max_backoff_ms: i64,
+    pub multiplier: f64,
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `next` (2 for the first retry).
+    pub fn backoff_before(&self, next: u32) -> i64 {
+        let exponent = next.saturating_sub(2).min(64) as i32;
+        let wait = (self.initial_backoff_ms as f64) * self.multiplier.max(1.0).powi(exponent);
+        (wait.min(self.max_backoff_ms as f64) as i64).max(0)
+    }
+}
+
+/// How long finished runs are kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Retention {
+    /// Keep at most this many finished runs (0: no limit).
+    pub keep_last: u32,
+    /// Prune finished runs whose nominal time is older than this.
+    pub max_age_ms: Option<i64>,
+}
+
+impl Retention {
+    /// Whether this keeps everything.
+    pub fn is_unbounded(&self) -> bool {
+        self.keep_last == 0 && self.max_age_ms.is_none()
+    }
 }
 
 /// What a fire does while a run of the same schedule is in flight (DESIGN §4.4).
@@ -71,13 +137,6 @@ pub enum Overlap {
     CancelOther,
     TerminateOther,
     AllowAll,
-}
-
-impl Overlap {
-    /// Whether this version can honour the policy.
-    pub fn is_supported(self) -> bool {
-        matches!(self, Overlap::Skip | Overlap::AllowAll)
-    }
 }
 
 /// What happens to fires the scheduler missed.
@@ -199,6 +258,34 @@ pub struct Run {
     pub request_id: Option<String>,
     pub created_ms: i64,
     pub attempts: Vec<Attempt>,
+    /// A cancellation asked for while the run was RUNNING.
+    pub cancel_requested: Option<CancelMode>,
+}
+
+/// How hard a cancellation stops a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelMode {
+    /// Work in progress may finish; nothing new starts.
+    Graceful,
+    /// Work in progress is cut.
+    Terminate,
+}
+
+/// Which notification a run owes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notification {
+    OnFailure,
+    OnRecovery,
+}
+
+impl Notification {
+    /// The suffix of its execution key, `{run_id}/{suffix}`.
+    pub fn key_suffix(self) -> &'static str {
+        match self {
+            Notification::OnFailure => "on_failure",
+            Notification::OnRecovery => "on_recovery",
+        }
+    }
 }
 
 /// One dispatch of a run: one execution on the executor.

@@ -98,9 +98,20 @@ pub async fn start_scheduler_with(
     executor: &str,
     clock: Option<Arc<dyn Clock>>,
 ) -> Service {
+    start_scheduler_tuned(dir, executor, clock, |_| {}).await
+}
+
+/// Starts a scheduler whose configuration `tune` adjusts first.
+pub async fn start_scheduler_tuned(
+    dir: &Path,
+    executor: &str,
+    clock: Option<Arc<dyn Clock>>,
+    tune: impl FnOnce(&mut almanac_scheduler::config::Config),
+) -> Service {
     let (listener, addr) = bind("127.0.0.1:0").await;
     let (stop, stopped) = oneshot::channel::<()>();
-    let config = almanac_scheduler::config::Config::new(dir.join("scheduler.db"), executor);
+    let mut config = almanac_scheduler::config::Config::new(dir.join("scheduler.db"), executor);
+    tune(&mut config);
     let task = tokio::spawn(async move {
         let shutdown = async {
             let _ = stopped.await;
@@ -350,26 +361,34 @@ pub fn is_terminal(run: &pb::Run) -> bool {
     )
 }
 
-/// Polls a run until `done` holds for it (at most 60 s).
+/// Polls a run until `done` holds for it (at most 60 s); on timeout the message shows
+/// the run as last seen.
 pub async fn wait_for_run(
     client: &SchedulerServiceClient<Channel>,
     run_id: &str,
     what: &str,
     done: impl Fn(&pb::Run) -> bool,
 ) -> pb::Run {
-    let done = &done;
-    eventually(Duration::from_secs(60), what, || {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = None;
+    loop {
         let mut client = client.clone();
-        let run_id = run_id.to_string();
-        async move {
-            let run = client
-                .get_run(pb::GetRunRequest { run_id })
-                .await
-                .ok()?
-                .into_inner()
-                .run?;
-            done(&run).then_some(run)
+        if let Ok(answer) = client
+            .get_run(pb::GetRunRequest {
+                run_id: run_id.to_string(),
+            })
+            .await
+            && let Some(run) = answer.into_inner().run
+        {
+            if done(&run) {
+                return run;
+            }
+            last = Some(run);
         }
-    })
-    .await
+        assert!(
+            Instant::now() < deadline,
+            "timed out after 60s waiting for {what}; the run was {last:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -34,6 +34,11 @@ struct Inner {
     hits: Vec<Hit>,
     /// path → (status, delay)
     behaviour: HashMap<String, (u16, Duration)>,
+    /// path → statuses to answer first, one per request, before `behaviour`.
+    script: HashMap<String, std::collections::VecDeque<u16>>,
+    /// path → requests answered after their delay (a request whose client gave up first
+    /// is dropped by the server and never counted).
+    completed: HashMap<String, usize>,
 }
 
 /// The sink; cloning shares it.
@@ -72,6 +77,26 @@ impl Sink {
             .insert(path.to_string(), (status, delay));
     }
 
+    /// Answer these statuses, in order, to the next requests on `path` (then `respond`'s).
+    pub fn script(&self, path: &str, statuses: &[u16]) {
+        self.inner
+            .lock()
+            .unwrap()
+            .script
+            .insert(path.to_string(), statuses.iter().copied().collect());
+    }
+
+    /// Requests on `path` that ran to their answer.
+    pub fn completed(&self, path: &str) -> usize {
+        self.inner
+            .lock()
+            .unwrap()
+            .completed
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Every request so far.
     pub fn hits(&self) -> Vec<Hit> {
         self.inner.lock().unwrap().hits.clone()
@@ -105,16 +130,27 @@ async fn record(
         body: body.to_vec(),
         at: Instant::now(),
     };
+    let path = hit.path.clone();
     let (status, delay) = {
         let mut inner = sink.inner.lock().unwrap();
-        let behaviour = inner
+        let (mut status, delay) = inner
             .behaviour
-            .get(&hit.path)
+            .get(&path)
             .copied()
             .unwrap_or((200, Duration::ZERO));
+        if let Some(next) = inner.script.get_mut(&path).and_then(|q| q.pop_front()) {
+            status = next;
+        }
         inner.hits.push(hit);
-        behaviour
+        (status, delay)
     };
     tokio::time::sleep(delay).await;
+    *sink
+        .inner
+        .lock()
+        .unwrap()
+        .completed
+        .entry(path)
+        .or_default() += 1;
     StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }

@@ -10,6 +10,7 @@ mod executions;
 mod node;
 mod pipelines;
 pub mod plan;
+mod retention;
 mod runner;
 mod task_timers;
 pub mod tasks;

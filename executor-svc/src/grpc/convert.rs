@@ -132,14 +132,19 @@ pub fn list_query(req: &pb::ListExecutionsRequest) -> Result<ListQuery, Executor
 /// The execution id, mode (unspecified means graceful) and reason of a cancel request.
 pub fn cancel_request(
     req: pb::CancelExecutionRequest,
-) -> Result<(String, CancelMode, String), ExecutorError> {
+) -> Result<(ExecutionLookup, CancelMode, String), ExecutorError> {
     let mut bad = Vec::new();
-    if req.execution_id.is_empty() {
-        bad.push(FieldViolation::new(
-            "execution_id",
-            "an execution id is required",
-        ));
-    }
+    let lookup = match (req.execution_id.is_empty(), req.idempotency_key.is_empty()) {
+        (false, true) => ExecutionLookup::Id(req.execution_id),
+        (true, false) => ExecutionLookup::Key(req.idempotency_key),
+        _ => {
+            bad.push(FieldViolation::new(
+                "execution_id",
+                "give an execution id or an idempotency key (one of them)",
+            ));
+            ExecutionLookup::Id(String::new())
+        }
+    };
     let mode = match pb::CancelMode::try_from(req.mode) {
         Ok(pb::CancelMode::Unspecified | pb::CancelMode::Graceful) => CancelMode::Graceful,
         Ok(pb::CancelMode::Terminate) => CancelMode::Terminate,
@@ -154,7 +159,7 @@ pub fn cancel_request(
     if !bad.is_empty() {
         return Err(ExecutorError::InvalidArgument(bad));
     }
-    Ok((req.execution_id, mode, req.reason))
+    Ok((lookup, mode, req.reason))
 }
 
 /// An opaque token that continues a listing after the execution `id`.

@@ -111,11 +111,12 @@ impl ExecutorService for ExecutorGrpc {
         &self,
         request: Request<pb::CancelExecutionRequest>,
     ) -> Result<Response<pb::CancelExecutionResponse>, Status> {
-        let (id, mode, reason) =
+        let (lookup, mode, reason) =
             convert::cancel_request(request.into_inner()).map_err(to_status)?;
+        let (found, _) = self.engine.get(&lookup).await.map_err(to_status)?;
         let record = self
             .engine
-            .cancel(&id, mode, &reason)
+            .cancel(&found.id, mode, &reason)
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::CancelExecutionResponse {

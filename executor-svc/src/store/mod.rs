@@ -73,6 +73,11 @@ pub trait ExecutorStore: TaskStore + PipelineStore + Send + Sync + 'static {
         reason: &str,
     ) -> Result<ExecutionRecord, ExecutorError>;
 
+    /// Deletes at most `batch` finished executions that finished before `before_ms`, with
+    /// their events, node runs and tasks; returns how many. An execution not finished is
+    /// never touched.
+    async fn prune_finished(&self, before_ms: i64, batch: u32) -> Result<u64, ExecutorError>;
+
     /// Closes the connections, waiting for writes in progress.
     async fn close(&self);
 }

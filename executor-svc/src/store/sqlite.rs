@@ -322,6 +322,36 @@ impl ExecutorStore for SqliteStore {
         updated.ok_or_else(|| ExecutorError::Corrupt("cancelled execution vanished".into()))
     }
 
+    async fn prune_finished(&self, before_ms: i64, batch: u32) -> Result<u64, ExecutorError> {
+        let mut tx = self.begin_write().await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM executions WHERE finished_ms IS NOT NULL AND finished_ms < ?1
+             AND status IN ('SUCCEEDED', 'FAILED', 'TIMED_OUT', 'CANCELLED')
+             ORDER BY finished_ms LIMIT ?2",
+        )
+        .bind(before_ms)
+        .bind(i64::from(batch))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(classify)?;
+        for id in &ids {
+            for sql in [
+                "DELETE FROM events WHERE execution_id = ?1",
+                "DELETE FROM node_runs WHERE execution_id = ?1",
+                "DELETE FROM tasks WHERE execution_id = ?1",
+                "DELETE FROM executions WHERE id = ?1",
+            ] {
+                sqlx::query(sql)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+            }
+        }
+        tx.commit().await.map_err(classify)?;
+        Ok(ids.len() as u64)
+    }
+
     async fn close(&self) {
         self.readers.close().await;
         self.writer.close().await;

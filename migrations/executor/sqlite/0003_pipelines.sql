@@ -19,3 +19,6 @@ CREATE TABLE breakers (
 );
 
 ALTER TABLE executions ADD COLUMN pipeline TEXT;
+
+-- Retention finds finished executions by their finish time.
+CREATE INDEX executions_finished ON executions (finished_ms) WHERE finished_ms IS NOT NULL;

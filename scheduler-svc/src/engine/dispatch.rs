@@ -16,7 +16,7 @@ use super::clock::Clock;
 use super::executor::{CallError, ExecEvent, ExecuteCall, ExecutorClient};
 use super::ledger_writer::LedgerWriter;
 use crate::model::{AttemptOutcome, DispatchJob, RunStatus};
-use crate::store::{LedgerUpdate, SchedulerStore};
+use crate::store::{LedgerUpdate, SchedulerStore, StoreError};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -60,10 +60,20 @@ impl Dispatcher {
         })
     }
 
-    /// Starts the ledger writer; dispatch tasks stop when `cancel` is cancelled.
-    pub fn start(&self, cancel: CancellationToken) {
+    /// Starts the ledger writer (its effects go to `effects`); dispatch tasks stop when
+    /// `cancel` is cancelled.
+    pub fn start(
+        &self,
+        cancel: CancellationToken,
+        effects: tokio::sync::mpsc::UnboundedSender<Vec<crate::store::Effect>>,
+    ) {
         let writer_stop = CancellationToken::new();
-        let (writer, writer_task) = LedgerWriter::spawn(self.store.clone(), writer_stop.clone());
+        let (writer, writer_task) = LedgerWriter::spawn(
+            self.store.clone(),
+            self.clock.clone(),
+            effects,
+            writer_stop.clone(),
+        );
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(Running {
             cancel,
             writer,
@@ -129,10 +139,28 @@ impl Dispatcher {
     async fn drive(&self, run_id: &str, writer: &LedgerWriter) {
         let mut backoff = MIN_BACKOFF;
         let mut seen_seq = 0u64;
+        let mut finished_attempt = None;
         loop {
             let job = match self.store.dispatch_job(run_id).await {
-                Ok(Some(job)) if job.status.is_in_flight() => job,
+                // A finished attempt that the ledger did not close is not sent again here
+                // (recovery decides); a new attempt of the run is.
+                Ok(Some(job))
+                    if job.status.is_in_flight() && finished_attempt != Some(job.attempt) =>
+                {
+                    job
+                }
                 Ok(_) => return,
+                Err(StoreError::Corrupt(problem)) => {
+                    tracing::error!(run_id, problem, "run cannot be read; failing it");
+                    if let Err(e) = self
+                        .store
+                        .fail_unreadable_run(run_id, &problem, self.clock.now_ms())
+                        .await
+                    {
+                        tracing::warn!(run_id, error = %e, "cannot record the unreadable run");
+                    }
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!(run_id, error = %e, "cannot read run to dispatch; retrying");
                     backoff = pause(backoff).await;
@@ -147,7 +175,13 @@ impl Dispatcher {
             };
             seen_seq = seen_seq.max(job.last_seq);
             match self.follow(&job, seen_seq, writer).await {
-                Followed::Finished => return,
+                // The run may go on with a new attempt (a retry): this task drives it.
+                Followed::Finished { committed: true } => {
+                    backoff = MIN_BACKOFF;
+                    seen_seq = 0;
+                    finished_attempt = Some(job.attempt);
+                }
+                Followed::Finished { committed: false } => return,
                 Followed::Broken { seq, error } => {
                     if seq > seen_seq {
                         backoff = MIN_BACKOFF;
@@ -185,17 +219,22 @@ impl Dispatcher {
             Err(CallError::Rejected(error)) => {
                 tracing::error!(run_id = %job.run_id, attempt = job.attempt, error = %error,
                     "executor refused the attempt; the run fails");
-                self.finish(
-                    job,
-                    writer,
-                    RunStatus::Failed,
-                    Some(format!("executor refused the attempt: {error}")),
-                    None,
-                    false,
-                    after_seq,
-                )
-                .await;
-                return Followed::Finished;
+                let outcome = AttemptOutcome {
+                    status: RunStatus::Failed,
+                    error: Some(format!("executor refused the attempt: {error}")),
+                    result: None,
+                    retryable: false,
+                    finished_ms: self.clock.now_ms(),
+                    last_seq: after_seq,
+                };
+                let committed = writer
+                    .commit(LedgerUpdate::Finished {
+                        run_id: job.run_id.clone(),
+                        attempt: job.attempt,
+                        outcome,
+                    })
+                    .await;
+                return Followed::Finished { committed };
             }
         };
         let mut seq = after_seq;
@@ -236,10 +275,11 @@ impl Dispatcher {
                         attempt: job.attempt,
                         outcome,
                     };
-                    if writer.commit(update).await {
-                        tracing::info!(run_id = %job.run_id, attempt = job.attempt, status = ?status, "run finished");
+                    let committed = writer.commit(update).await;
+                    if committed {
+                        tracing::info!(run_id = %job.run_id, attempt = job.attempt, status = ?status, "attempt finished");
                     }
-                    return Followed::Finished;
+                    return Followed::Finished { committed };
                 }
                 Ok(ExecEvent::Other { seq: s }) => seq = seq.max(s),
                 Err(e) => {
@@ -255,39 +295,17 @@ impl Dispatcher {
             error: "event stream ended before the execution finished".into(),
         }
     }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn finish(
-        &self,
-        job: &DispatchJob,
-        writer: &LedgerWriter,
-        status: RunStatus,
-        error: Option<String>,
-        result: Option<serde_json::Value>,
-        retryable: bool,
-        last_seq: u64,
-    ) {
-        let outcome = AttemptOutcome {
-            status,
-            error,
-            result,
-            retryable,
-            finished_ms: self.clock.now_ms(),
-            last_seq,
-        };
-        writer
-            .commit(LedgerUpdate::Finished {
-                run_id: job.run_id.clone(),
-                attempt: job.attempt,
-                outcome,
-            })
-            .await;
-    }
 }
 
 enum Followed {
-    Finished,
-    Broken { seq: u64, error: String },
+    /// The attempt ended; `committed` when its end is in the ledger.
+    Finished {
+        committed: bool,
+    },
+    Broken {
+        seq: u64,
+        error: String,
+    },
 }
 
 async fn pause(backoff: Duration) -> Duration {

@@ -7,7 +7,7 @@ use almanac_proto::executor::v1::Action;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
-use crate::model::RunStatus;
+use crate::model::{CancelMode, RunStatus};
 
 /// One attempt to send: the executor stores it under `key` and attaches a repeat.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,4 +83,7 @@ pub trait ExecutorClient: Send + Sync + 'static {
     /// Asks whether the executor can run `action` (nothing runs); problems are named
     /// under `prefix`.
     async fn validate_action(&self, action: &Action, prefix: &str) -> Result<(), ActionRefusal>;
+
+    /// Asks the executor to stop the execution stored under `key`.
+    async fn cancel(&self, key: &str, mode: CancelMode, reason: &str) -> Result<(), CallError>;
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{LedgerUpdate, SchedulerStore};
+use super::clock::Clock;
+use crate::store::{Effect, LedgerUpdate, SchedulerStore};
 
 /// At most this many updates go into one transaction.
 const BATCH: usize = 1_024;
@@ -25,10 +26,12 @@ impl LedgerWriter {
     /// Starts the writer task; it runs until `stop` is cancelled and the queue is empty.
     pub fn spawn(
         store: Arc<dyn SchedulerStore>,
+        clock: Arc<dyn Clock>,
+        effects: mpsc::UnboundedSender<Vec<Effect>>,
         stop: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let handle = tokio::spawn(write_loop(store, rx, stop));
+        let handle = tokio::spawn(write_loop(store, clock, effects, rx, stop));
         (Self { tx }, handle)
     }
 
@@ -52,6 +55,8 @@ impl LedgerWriter {
 
 async fn write_loop(
     store: Arc<dyn SchedulerStore>,
+    clock: Arc<dyn Clock>,
+    effects: mpsc::UnboundedSender<Vec<Effect>>,
     mut rx: mpsc::UnboundedReceiver<Item>,
     stop: CancellationToken,
 ) {
@@ -79,15 +84,20 @@ async fn write_loop(
         let updates: Vec<LedgerUpdate> = batch.iter().map(|(u, _)| u.clone()).collect();
         let mut delay = Duration::from_millis(50);
         let written = loop {
-            match store.apply_updates(&updates).await {
-                Ok(()) => break true,
+            match store.apply_updates(&updates, clock.now_ms()).await {
+                Ok(done) => {
+                    if !done.is_empty() {
+                        let _ = effects.send(done);
+                    }
+                    break true;
+                }
                 Err(e) if stop.is_cancelled() => {
                     tracing::error!(error = %e, updates = updates.len(),
                         "ledger updates not written at shutdown; recovery will redo them");
                     break false;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, updates = updates.len(), "ledger write failed; retrying");
+                    tracing::warn!(error = %e, detail = ?e, updates = updates.len(), "ledger write failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }

@@ -4,10 +4,15 @@
 
 pub mod clock;
 pub mod dispatch;
+pub mod effects;
 pub mod executor;
+pub mod finish;
 pub mod ledger_writer;
+pub mod notify;
+pub mod overlap;
 pub mod policy;
 pub mod recovery;
+pub mod retention;
 pub mod runs;
 pub mod schedules;
 pub mod spec_cache;
@@ -19,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 use self::clock::Clock;
 use self::dispatch::Dispatcher;
+use self::effects::Effects;
 use self::executor::ExecutorClient;
+use self::notify::Notifier;
 use self::spec_cache::SpecCache;
 use self::timer::Timer;
 use crate::store::SchedulerStore;
@@ -31,6 +38,8 @@ pub struct EngineConfig {
     pub claim_batch: usize,
     /// At most this many attempts are dispatched (streams open) at once.
     pub max_in_flight_dispatches: usize,
+    /// How often retention prunes the ledger.
+    pub retention_every: std::time::Duration,
 }
 
 impl Default for EngineConfig {
@@ -38,6 +47,7 @@ impl Default for EngineConfig {
         Self {
             claim_batch: 1_000,
             max_in_flight_dispatches: 4_096,
+            retention_every: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -50,6 +60,9 @@ pub struct Engine {
     pub(crate) dispatcher: Arc<Dispatcher>,
     pub(crate) specs: Arc<SpecCache>,
     pub(crate) executor: Arc<dyn ExecutorClient>,
+    pub(crate) notifier: Arc<Notifier>,
+    pub(crate) effects: Arc<Effects>,
+    pub(crate) config: EngineConfig,
 }
 
 impl Engine {
@@ -68,6 +81,13 @@ impl Engine {
             config.max_in_flight_dispatches,
         );
         let timer = Timer::new(config.claim_batch);
+        let notifier = Notifier::new(store.clone(), executor.clone());
+        let effects = Effects::new(
+            dispatcher.clone(),
+            timer.clone(),
+            executor.clone(),
+            notifier.clone(),
+        );
         Arc::new(Self {
             store,
             clock,
@@ -75,6 +95,9 @@ impl Engine {
             dispatcher,
             specs,
             executor,
+            notifier,
+            effects,
+            config,
         })
     }
 
@@ -87,12 +110,15 @@ impl Engine {
     ) -> Result<(), crate::store::StoreError> {
         let boot_ms = self.clock.now_ms();
         self.timer.load(self.store.as_ref()).await?;
-        self.dispatcher.start(shutdown.clone());
+        let (effects_tx, effects_rx) = tokio::sync::mpsc::unbounded_channel();
+        self.effects.spawn_loop(effects_rx, shutdown.clone());
+        self.dispatcher.start(shutdown.clone(), effects_tx);
         recovery::spawn(self.clone(), shutdown.clone());
+        retention::spawn(self.clone(), shutdown.clone());
         self.timer.clone().spawn(
             self.store.clone(),
             self.clock.clone(),
-            self.dispatcher.clone(),
+            self.effects.clone(),
             self.specs.clone(),
             boot_ms,
             shutdown,

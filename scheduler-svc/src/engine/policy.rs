@@ -4,7 +4,8 @@
 
 use uuid::Uuid;
 
-use crate::model::{Misfire, MissedRange, Overlap, RunStatus, Schedule, Trigger};
+use super::overlap::{self, InFlight};
+use crate::model::{CancelMode, Misfire, MissedRange, Overlap, RunStatus, Schedule, Trigger};
 use crate::spec::{CompiledSpec, jitter_ms};
 
 /// More individual rows than this for one kind of outcome in one claim are folded, the
@@ -32,7 +33,8 @@ pub struct NewRun {
 }
 
 impl NewRun {
-    fn new(nominal_ms: i64, trigger: Trigger, status: RunStatus) -> Self {
+    /// A row with a fresh id.
+    pub(crate) fn new(nominal_ms: i64, trigger: Trigger, status: RunStatus) -> Self {
         Self {
             id: Uuid::now_v7().to_string(),
             nominal_ms,
@@ -59,6 +61,10 @@ pub struct FirePlan {
     pub completed: Option<String>,
     /// Dispatched runs that count against `max_runs`.
     pub counted: i64,
+    /// Runs in flight the overlap policy asks to cancel or terminate.
+    pub cancel: Vec<(String, CancelMode)>,
+    /// Fires SKIPPED because a buffer was full.
+    pub overruns: i64,
 }
 
 /// The inputs of [`plan_due`].
@@ -68,8 +74,8 @@ pub struct DueContext<'a> {
     pub now_ms: i64,
     /// When this scheduler process started: fires due before it were missed.
     pub boot_ms: i64,
-    /// A run of the schedule that is in flight (PENDING or RUNNING), read from the ledger.
-    pub in_flight: Option<String>,
+    /// What the schedule has in flight and waiting, read from the ledger.
+    pub in_flight: InFlight,
 }
 
 /// The rows a due schedule writes and its next fire.
@@ -174,19 +180,17 @@ pub fn plan_due(ctx: &DueContext<'_>) -> FirePlan {
         if let Some(id) = id {
             row.id = id;
         }
-        match decide_overlap(s.policy.overlap, in_flight.as_deref()) {
-            Some(reason) => {
-                row.status = RunStatus::Skipped;
-                row.reason = Some(reason);
-            }
-            None => {
-                let after = nominal + jitter_ms(&s.id, nominal, s.policy.jitter_ms);
-                row.dispatch_after_ms = Some(after);
-                row.deadline_ms = s.policy.timeout_ms.map(|t| after + t);
-                in_flight = Some(row.id.clone());
-                plan.counted += 1;
-            }
+        let decision = overlap::decide(s.policy.overlap, s.policy.max_buffered(), &in_flight);
+        let after = nominal + jitter_ms(&s.id, nominal, s.policy.jitter_ms);
+        shape_row(&mut row, &decision, after, s.policy.timeout_ms);
+        if let overlap::Decision::Skip { overrun: true, .. } = decision {
+            plan.overruns += 1;
         }
+        if matches!(row.status, RunStatus::Pending | RunStatus::Buffered) {
+            plan.counted += 1;
+        }
+        plan.cancel
+            .extend(overlap::apply(&decision, &row.id, &mut in_flight));
         plan.runs.push(row);
     }
 
@@ -203,37 +207,46 @@ pub fn plan_due(ctx: &DueContext<'_>) -> FirePlan {
     plan
 }
 
-/// The manual run a trigger writes: PENDING now, or SKIPPED when overlap says no.
+/// The manual run a trigger writes (PENDING now, BUFFERED, or SKIPPED as the overlap
+/// policy says), the cancellations it asks for, and whether it was an overrun.
 pub fn plan_manual(
     schedule: &Schedule,
-    in_flight: Option<&str>,
+    in_flight: &InFlight,
     now_ms: i64,
     request_id: Option<String>,
     overlap_override: Option<Overlap>,
-) -> NewRun {
+) -> (NewRun, Vec<(String, CancelMode)>, bool) {
     let mut row = NewRun::new(now_ms, Trigger::Manual, RunStatus::Pending);
     row.request_id = request_id;
-    match decide_overlap(
-        overlap_override.unwrap_or(schedule.policy.overlap),
-        in_flight,
-    ) {
-        Some(reason) => {
-            row.status = RunStatus::Skipped;
-            row.reason = Some(reason);
-        }
-        None => {
-            row.dispatch_after_ms = Some(now_ms);
-            row.deadline_ms = schedule.policy.timeout_ms.map(|t| now_ms + t);
-        }
-    }
-    row
+    let policy = overlap_override.unwrap_or(schedule.policy.overlap);
+    let decision = overlap::decide(policy, schedule.policy.max_buffered(), in_flight);
+    shape_row(&mut row, &decision, now_ms, schedule.policy.timeout_ms);
+    let overrun = matches!(decision, overlap::Decision::Skip { overrun: true, .. });
+    let cancel = overlap::apply(&decision, &row.id, &mut in_flight.clone());
+    (row, cancel, overrun)
 }
 
-/// `Some(reason)` when the policy says the new run must not start.
-fn decide_overlap(policy: Overlap, in_flight: Option<&str>) -> Option<String> {
-    match (policy, in_flight) {
-        (Overlap::AllowAll, _) | (_, None) => None,
-        (_, Some(other)) => Some(format!("overlap policy SKIP: run {other} was in flight")),
+/// Sets a new row's status (and dispatch time, deadline, reason) from its decision.
+fn shape_row(
+    row: &mut NewRun,
+    decision: &overlap::Decision,
+    dispatch_after: i64,
+    timeout_ms: Option<i64>,
+) {
+    match decision {
+        overlap::Decision::Skip { reason, .. } => {
+            row.status = RunStatus::Skipped;
+            row.reason = Some(reason.clone());
+        }
+        overlap::Decision::Buffer | overlap::Decision::BufferCancelling(_) => {
+            row.status = RunStatus::Buffered;
+            row.dispatch_after_ms = Some(dispatch_after);
+        }
+        overlap::Decision::Start | overlap::Decision::StartTerminating(_) => {
+            row.status = RunStatus::Pending;
+            row.dispatch_after_ms = Some(dispatch_after);
+            row.deadline_ms = timeout_ms.map(|t| dispatch_after + t);
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Unit tests of the ledger decisions: catch-up, overlap, bounds, jitter.
 use super::*;
+use crate::engine::overlap::InFlight;
 use crate::model::{Catchup, Policy, ScheduleState};
 use crate::spec::Spec;
 use almanac_proto::executor::v1::Action;
@@ -24,6 +25,8 @@ fn every_second(next_fire_ms: i64, policy: Policy) -> Schedule {
         completion_reason: None,
         created_ms: 0,
         updated_ms: 0,
+        consecutive_failures: 0,
+        buffer_overruns: 0,
     }
 }
 
@@ -34,7 +37,10 @@ fn plan(s: &Schedule, now_ms: i64, boot_ms: i64, in_flight: Option<&str>) -> Fir
         spec: &spec,
         now_ms,
         boot_ms,
-        in_flight: in_flight.map(String::from),
+        in_flight: InFlight {
+            running: in_flight.map(String::from).into_iter().collect(),
+            buffered: 0,
+        },
     })
 }
 
@@ -248,12 +254,16 @@ fn p_policy_with_jitter() -> Policy {
 #[test]
 fn a_manual_run_follows_the_overlap_policy_unless_overridden() {
     let s = every_second(1_000, Policy::default());
-    let run = plan_manual(&s, Some("busy"), 42, Some("r1".into()), None);
+    let busy = InFlight {
+        running: vec!["busy".into()],
+        buffered: 0,
+    };
+    let (run, _, _) = plan_manual(&s, &busy, 42, Some("r1".into()), None);
     assert_eq!(
         (run.trigger, run.status),
         (Trigger::Manual, RunStatus::Skipped)
     );
-    let run = plan_manual(&s, Some("busy"), 42, None, Some(Overlap::AllowAll));
+    let (run, _, _) = plan_manual(&s, &busy, 42, None, Some(Overlap::AllowAll));
     assert_eq!(
         (run.status, run.dispatch_after_ms),
         (RunStatus::Pending, Some(42))
@@ -279,4 +289,29 @@ fn first_fire_respects_start_end_and_max_runs() {
     };
     s.run_count = 1;
     assert_eq!(first_fire(&s, &spec, 0), Err("max_runs (1) reached".into()));
+}
+
+#[test]
+fn buffered_fires_wait_and_terminate_other_asks_to_cut_the_run_in_flight() {
+    let buffer = Policy {
+        overlap: Overlap::BufferOne,
+        ..Policy::default()
+    };
+    let p = plan(&every_second(10_000, buffer), 12_000, 0, Some("r0"));
+    assert_eq!(
+        rows(&p),
+        [
+            (10_000, Trigger::Scheduled, RunStatus::Buffered),
+            (11_000, Trigger::Scheduled, RunStatus::Skipped),
+            (12_000, Trigger::Scheduled, RunStatus::Skipped),
+        ]
+    );
+    assert_eq!(p.overruns, 2);
+    let terminate = Policy {
+        overlap: Overlap::TerminateOther,
+        ..Policy::default()
+    };
+    let p = plan(&every_second(10_000, terminate), 10_000, 0, Some("r0"));
+    assert_eq!(rows(&p), [(10_000, Trigger::Scheduled, RunStatus::Pending)]);
+    assert_eq!(p.cancel, [("r0".to_owned(), CancelMode::Terminate)]);
 }

@@ -43,6 +43,16 @@ async fn sweep_forever(engine: &Engine) {
             }
             Err(e) => tracing::warn!(error = %e, "recovery sweep cannot read the ledger; retrying"),
         }
+        match engine.store.pending_notifications().await {
+            Ok(runs) => {
+                for run_id in runs {
+                    engine.notifier.send(run_id);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "recovery sweep cannot read pending notifications")
+            }
+        }
         tokio::time::sleep(if first {
             Duration::from_secs(1)
         } else {

@@ -4,12 +4,19 @@
 use std::sync::Arc;
 
 use super::Engine;
+use super::overlap::InFlight;
 use super::policy::plan_manual;
 use super::schedules::{
     DEFAULT_PREVIEW, MAX_PREVIEW, bad_token, decode_token, encode_token, not_found, page_size,
 };
 use crate::error::SchedulerError;
-use crate::model::{Overlap, Policy, Run, RunStatus, Schedule};
+use crate::model::{CancelMode, Overlap, Policy, Run, RunStatus, Schedule};
+
+/// Fires one backfill may cover.
+pub const MAX_BACKFILL: usize = 10_000;
+/// Backfill runs started per second when a request does not say, and at most.
+pub const DEFAULT_BACKFILL_RATE: u32 = 10;
+pub const MAX_BACKFILL_RATE: u32 = 1_000;
 use crate::spec::Spec;
 use crate::store::RunCursor;
 
@@ -22,21 +29,118 @@ impl Engine {
         request_id: Option<String>,
         overlap: Option<Overlap>,
     ) -> Result<Run, SchedulerError> {
-        if let Some(o) = overlap.filter(|o| !o.is_supported()) {
+        let now = self.clock.now_ms();
+        let plan = |s: &Schedule, in_flight: &InFlight| {
+            plan_manual(s, in_flight, now, request_id.clone(), overlap)
+        };
+        let (run, effects) = self
+            .store
+            .trigger(id, request_id.as_deref(), now, &plan)
+            .await?;
+        self.effects.apply(effects);
+        Ok(run)
+    }
+
+    /// Cancels a run: waiting ones end CANCELLED at once, a running one is asked to stop
+    /// (`mode`) and ends when its execution does.
+    pub async fn cancel_run(
+        &self,
+        run_id: &str,
+        mode: CancelMode,
+        reason: &str,
+    ) -> Result<Run, SchedulerError> {
+        let (run, effects) = self
+            .store
+            .cancel_run(run_id, mode, reason, self.clock.now_ms())
+            .await?;
+        self.effects.apply(effects);
+        tracing::info!(run_id, mode = ?mode, "run cancellation requested");
+        Ok(run)
+    }
+
+    /// Runs a finished run again, as a new attempt dispatched now.
+    pub async fn rerun_run(&self, run_id: &str) -> Result<Run, SchedulerError> {
+        let (run, effects) = self.store.rerun_run(run_id, self.clock.now_ms()).await?;
+        self.effects.apply(effects);
+        tracing::info!(run_id, attempt = run.attempt, "run started again");
+        Ok(run)
+    }
+
+    /// Writes BACKFILL rows for the fires of `[start_ms, end_ms]` (existing rows left
+    /// untouched) and runs them at most `per_second` a second (ALLOW_ALL) or one at a
+    /// time (BUFFER_ALL).
+    pub async fn backfill(
+        &self,
+        schedule_id: &str,
+        start_ms: i64,
+        end_ms: i64,
+        overlap: Option<Overlap>,
+        per_second: u32,
+    ) -> Result<(Vec<String>, i64), SchedulerError> {
+        let now = self.clock.now_ms();
+        if end_ms < start_ms {
             return Err(SchedulerError::invalid(
-                "overlap_policy",
-                format!("{o:?} is not available in this version; use SKIP or ALLOW_ALL"),
+                "end_time",
+                "must not be before start_time",
             ));
         }
-        let now = self.clock.now_ms();
-        let plan = |s: &Schedule, in_flight: Option<String>| {
-            plan_manual(s, in_flight.as_deref(), now, request_id.clone(), overlap)
-        };
-        let (run, dispatch) = self.store.trigger(id, request_id.as_deref(), &plan).await?;
-        if dispatch {
-            self.dispatcher.dispatch(run.id.clone());
+        if end_ms > now {
+            return Err(SchedulerError::invalid(
+                "end_time",
+                "a backfill covers the past: end_time must not be in the future",
+            ));
         }
-        Ok(run)
+        let buffered = match overlap.unwrap_or(Overlap::AllowAll) {
+            Overlap::AllowAll => false,
+            Overlap::BufferAll => true,
+            other => {
+                return Err(SchedulerError::invalid(
+                    "overlap_policy",
+                    format!(
+                        "a backfill runs ALLOW_ALL (at the rate) or BUFFER_ALL (one at a time), not {other:?}"
+                    ),
+                ));
+            }
+        };
+        let per_second = match per_second {
+            0 => DEFAULT_BACKFILL_RATE,
+            n if n > MAX_BACKFILL_RATE => {
+                return Err(SchedulerError::invalid(
+                    "max_per_second",
+                    format!("at most {MAX_BACKFILL_RATE}"),
+                ));
+            }
+            n => n,
+        };
+        let schedule = self.get_schedule(schedule_id).await?;
+        let spec = schedule
+            .spec
+            .compile()
+            .map_err(|e| SchedulerError::invalid(format!("spec.{}", e.field), e.message))?;
+        let fires: Vec<i64> = spec
+            .fires_from(start_ms)
+            .take_while(|&f| f <= end_ms)
+            .take(MAX_BACKFILL + 1)
+            .collect();
+        if fires.len() > MAX_BACKFILL {
+            return Err(SchedulerError::invalid(
+                "end_time",
+                format!("the range holds more than {MAX_BACKFILL} fires: backfill it in parts"),
+            ));
+        }
+        let spacing = 1_000 / i64::from(per_second);
+        let (written, existing, effects) = self
+            .store
+            .backfill(schedule_id, &fires, buffered, spacing, now)
+            .await?;
+        self.effects.apply(effects);
+        tracing::info!(
+            schedule_id,
+            created = written.len(),
+            existing,
+            "backfill written"
+        );
+        Ok((written, existing))
     }
 
     /// The next `count` fire times of a spec (or a stored schedule's spec and bounds)

@@ -24,6 +24,10 @@ pub const MIN_INTERVAL_MS: i64 = 1_000;
 /// Default and largest page sizes; larger requests are clamped, not refused.
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 1_000;
+/// The most attempts a schedule's retry policy may ask for.
+pub const MAX_SCHEDULE_ATTEMPTS: u32 = 100;
+/// The largest BUFFER_ALL bound.
+pub const MAX_BUFFERED: u32 = 10_000;
 /// Default and largest preview lengths.
 pub const DEFAULT_PREVIEW: usize = 10;
 pub const MAX_PREVIEW: usize = 1_000;
@@ -41,6 +45,12 @@ pub struct ScheduleInput {
 
 /// The fields an update may name.
 pub const UPDATABLE: &[&str] = &[
+    "retry",
+    "pause_on_failure",
+    "on_failure",
+    "on_recovery",
+    "max_buffered",
+    "retention",
     "display_name",
     "description",
     "spec",
@@ -115,20 +125,54 @@ fn violations(input: &ScheduleInput, prefix: &str) -> Vec<FieldViolation> {
     if p.catchup.window_ms < 0 {
         bad("catchup.window", "must not be negative".into());
     }
-    if !p.overlap.is_supported() {
-        bad(
-            "overlap_policy",
-            format!(
-                "{:?} is not available in this version; use SKIP or ALLOW_ALL",
-                p.overlap
-            ),
-        );
+    if let Some(r) = &p.retry {
+        if !(1..=MAX_SCHEDULE_ATTEMPTS).contains(&r.max_attempts) {
+            bad(
+                "retry.max_attempts",
+                format!("must be 1 to {MAX_SCHEDULE_ATTEMPTS}"),
+            );
+        }
+        if r.initial_backoff_ms < 0 || r.max_backoff_ms < r.initial_backoff_ms {
+            bad(
+                "retry.max_backoff",
+                "backoffs must not be negative, and max_backoff not less than initial_backoff"
+                    .into(),
+            );
+        }
+        if !(1.0..=10.0).contains(&r.multiplier) {
+            bad("retry.multiplier", "must be between 1 and 10".into());
+        }
+    }
+    if p.max_buffered > MAX_BUFFERED {
+        bad("max_buffered", format!("at most {MAX_BUFFERED}"));
+    }
+    if p.retention.max_age_ms.is_some_and(|a| a <= 0) {
+        bad("retention.max_age", "must be more than 0".into());
     }
     out.extend(validate_action(
         input.action.as_ref(),
         &format!("{prefix}.action"),
     ));
+    for (field, notification) in [
+        ("on_failure", &p.on_failure),
+        ("on_recovery", &p.on_recovery),
+    ] {
+        if let Some(action) = notification_action(notification) {
+            out.extend(validate_action(Some(&action), &format!("{prefix}.{field}")));
+        }
+    }
     out
+}
+
+/// A schedule's notification as an action (to validate it like one).
+pub(super) fn notification_action(
+    n: &Option<almanac_proto::executor::v1::SendNotificationAction>,
+) -> Option<Action> {
+    n.clone().map(|n| Action {
+        kind: Some(almanac_proto::executor::v1::action::Kind::SendNotification(
+            n,
+        )),
+    })
 }
 
 fn check_id(id: &str) -> Result<(), SchedulerError> {
@@ -191,9 +235,7 @@ impl Engine {
         if !problems.is_empty() {
             return Err(SchedulerError::InvalidArgument(problems));
         }
-        if let Some(action) = &input.action {
-            self.ask_executor(action).await?;
-        }
+        self.ask_executor_all(&input, &[]).await?;
         let now = self.clock.now_ms();
         let (Some(spec), Some(action)) = (input.spec, input.action) else {
             unreachable!("violations() requires spec and action");
@@ -214,6 +256,8 @@ impl Engine {
             completion_reason: None,
             created_ms: now,
             updated_ms: now,
+            consecutive_failures: 0,
+            buffer_overruns: 0,
         };
         let spec = schedule.spec.compile().map_err(|e| {
             SchedulerError::invalid(format!("schedule.spec.{}", e.field), e.message)
@@ -247,16 +291,38 @@ impl Engine {
     /// Asks the executor whether it can run `action`: the secrets, profiles and programs
     /// it names exist there, its templates parse. The scheduler never sees the
     /// executor's configuration, only this answer.
+    async fn ask_executor_all(
+        &self,
+        input: &ScheduleInput,
+        paths: &[&str],
+    ) -> Result<(), SchedulerError> {
+        let named = |field: &str| paths.is_empty() || paths.contains(&field);
+        if named("action")
+            && let Some(action) = &input.action
+        {
+            self.ask_executor(action, "schedule.action").await?;
+        }
+        for (field, n) in [
+            ("on_failure", &input.policy.on_failure),
+            ("on_recovery", &input.policy.on_recovery),
+        ] {
+            if named(field)
+                && let Some(action) = notification_action(n)
+            {
+                self.ask_executor(&action, &format!("schedule.{field}"))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     async fn ask_executor(
         &self,
         action: &almanac_proto::executor::v1::Action,
+        prefix: &str,
     ) -> Result<(), SchedulerError> {
         use super::executor::ActionRefusal;
-        match self
-            .executor
-            .validate_action(action, "schedule.action")
-            .await
-        {
+        match self.executor.validate_action(action, prefix).await {
             Ok(()) => Ok(()),
             Err(ActionRefusal::Invalid(v)) => Err(SchedulerError::InvalidArgument(v)),
             Err(ActionRefusal::Refused(v)) => Err(SchedulerError::ActionRefused(v)),
@@ -394,11 +460,7 @@ impl Engine {
             }
             Ok(())
         };
-        if paths.contains(&"action")
-            && let Some(action) = &input.action
-        {
-            self.ask_executor(action).await?;
-        }
+        self.ask_executor_all(&input, &paths).await?;
         let updated = self.store.modify_schedule(id, &change).await?;
         specs.remove(id);
         self.timer.upsert(id, active_next(&updated));
@@ -453,6 +515,10 @@ impl Engine {
         };
         let paused = self.store.modify_schedule(id, &change).await?;
         self.timer.upsert(id, None);
+        // Runs in flight go on; runs waiting behind them will not start.
+        self.store
+            .skip_buffered(id, "the schedule was paused", now)
+            .await?;
         Ok(paused)
     }
 
@@ -468,6 +534,7 @@ impl Engine {
                 ))),
                 ScheduleState::Active => Ok(()),
                 ScheduleState::Paused => {
+                    s.consecutive_failures = 0;
                     let spec = s.spec.compile().map_err(|e| {
                         SchedulerError::invalid(format!("schedule.spec.{}", e.field), e.message)
                     })?;
@@ -513,6 +580,12 @@ fn apply_path(merged: &mut ScheduleInput, input: &ScheduleInput, path: &str) {
         "overlap_policy" => p.overlap = q.overlap,
         "catchup" => p.catchup = q.catchup,
         "timeout" => p.timeout_ms = q.timeout_ms,
+        "retry" => p.retry = q.retry,
+        "pause_on_failure" => p.pause_on_failure = q.pause_on_failure,
+        "on_failure" => p.on_failure = q.on_failure.clone(),
+        "on_recovery" => p.on_recovery = q.on_recovery.clone(),
+        "max_buffered" => p.max_buffered = q.max_buffered,
+        "retention" => p.retention = q.retention,
         _ => {}
     }
 }

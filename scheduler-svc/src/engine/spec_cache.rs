@@ -62,6 +62,8 @@ mod tests {
             completion_reason: None,
             created_ms: 0,
             updated_ms: 0,
+            consecutive_failures: 0,
+            buffer_overruns: 0,
         }
     }
 

@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::clock::Clock;
-use super::dispatch::Dispatcher;
+use super::effects::Effects;
 use super::policy::{DueContext, plan_due};
 use super::spec_cache::SpecCache;
 use crate::store::{SchedulerStore, StoreError};
@@ -88,7 +88,7 @@ impl Timer {
         self: Arc<Self>,
         store: Arc<dyn SchedulerStore>,
         clock: Arc<dyn Clock>,
-        dispatcher: Arc<Dispatcher>,
+        effects: Arc<Effects>,
         specs: Arc<SpecCache>,
         boot_ms: i64,
         shutdown: CancellationToken,
@@ -96,7 +96,7 @@ impl Timer {
         let this = self.clone();
         let handle = tokio::spawn(async move {
             tokio::select! {
-                () = this.run(store, clock, dispatcher, specs, boot_ms) => {}
+                () = this.run(store, clock, effects, specs, boot_ms) => {}
                 () = shutdown.cancelled() => {}
             }
         });
@@ -115,7 +115,7 @@ impl Timer {
         &self,
         store: Arc<dyn SchedulerStore>,
         clock: Arc<dyn Clock>,
-        dispatcher: Arc<Dispatcher>,
+        effects: Arc<Effects>,
         specs: Arc<SpecCache>,
         boot_ms: i64,
     ) {
@@ -145,7 +145,8 @@ impl Timer {
                 }
                 continue;
             }
-            let planner = |schedule: &crate::model::Schedule, in_flight: Option<String>| {
+            let planner = |schedule: &crate::model::Schedule,
+                           in_flight: &super::overlap::InFlight| {
                 let spec = specs
                     .get(schedule)
                     .map_err(|e| format!("stored spec is invalid: {e}"))?;
@@ -154,7 +155,7 @@ impl Timer {
                     spec: &spec,
                     now_ms,
                     boot_ms,
-                    in_flight,
+                    in_flight: in_flight.clone(),
                 }))
             };
             match store.claim_due(&due, now_ms, &planner).await {
@@ -168,9 +169,13 @@ impl Timer {
                     }
                     for c in claimed {
                         fired += c.dispatch.len();
-                        for run_id in c.dispatch {
-                            dispatcher.dispatch(run_id);
-                        }
+                        effects.apply(
+                            c.dispatch
+                                .into_iter()
+                                .map(crate::store::Effect::Dispatch)
+                                .collect(),
+                        );
+                        effects.apply(c.effects);
                     }
                     tracing::debug!(
                         schedules = due.len(),

@@ -12,8 +12,8 @@ use pbjson_types::{Duration, Timestamp};
 
 use crate::engine::schedules::ScheduleInput;
 use crate::model::{
-    Catchup, DEFAULT_CATCHUP_WINDOW_MS, DEFAULT_MAX_CATCHUP, Misfire, Overlap, Policy, Run,
-    RunStatus, Schedule, ScheduleState, Trigger,
+    Catchup, DEFAULT_CATCHUP_WINDOW_MS, DEFAULT_MAX_CATCHUP, Misfire, Overlap, Policy, Retention,
+    RetryPolicy, Run, RunStatus, Schedule, ScheduleState, Trigger,
 };
 use crate::spec::Spec;
 
@@ -197,6 +197,31 @@ pub fn schedule_input(
             },
         },
     };
+    let retry = msg.retry.as_ref().map(|r| RetryPolicy {
+        max_attempts: if r.max_attempts == 0 {
+            3
+        } else {
+            r.max_attempts
+        },
+        initial_backoff_ms: p
+            .duration(&f("retry.initial_backoff"), r.initial_backoff.as_ref())
+            .unwrap_or(1_000),
+        max_backoff_ms: p
+            .duration(&f("retry.max_backoff"), r.max_backoff.as_ref())
+            .unwrap_or(60_000),
+        multiplier: if r.multiplier == 0.0 {
+            2.0
+        } else {
+            r.multiplier
+        },
+    });
+    let retention = msg
+        .retention
+        .as_ref()
+        .map_or_else(Retention::default, |r| Retention {
+            keep_last: r.keep_last,
+            max_age_ms: p.duration(&f("retention.max_age"), r.max_age.as_ref()),
+        });
     let policy = Policy {
         start_ms: p.timestamp(&f("start_time"), msg.start_time.as_ref()),
         end_ms: p.timestamp(&f("end_time"), msg.end_time.as_ref()),
@@ -205,6 +230,12 @@ pub fn schedule_input(
         overlap,
         catchup,
         timeout_ms: p.duration(&f("timeout"), msg.timeout.as_ref()),
+        retry,
+        pause_on_failure: msg.pause_on_failure,
+        on_failure: msg.on_failure.clone(),
+        on_recovery: msg.on_recovery.clone(),
+        max_buffered: msg.max_buffered,
+        retention,
     };
     p.finish(ScheduleInput {
         display_name: msg.display_name.clone(),
@@ -268,6 +299,25 @@ pub fn schedule_to_proto(s: &Schedule) -> pb::Schedule {
         create_time: Some(ms_to_timestamp(s.created_ms)),
         update_time: Some(ms_to_timestamp(s.updated_ms)),
         completion_reason: s.completion_reason.clone().unwrap_or_default(),
+        retry: s
+            .policy
+            .retry
+            .map(|r| almanac_proto::executor::v1::RetryPolicy {
+                max_attempts: r.max_attempts,
+                initial_backoff: Some(ms_to_duration(r.initial_backoff_ms)),
+                max_backoff: Some(ms_to_duration(r.max_backoff_ms)),
+                multiplier: r.multiplier,
+            }),
+        pause_on_failure: s.policy.pause_on_failure,
+        on_failure: s.policy.on_failure.clone(),
+        on_recovery: s.policy.on_recovery.clone(),
+        max_buffered: s.policy.max_buffered,
+        retention: (!s.policy.retention.is_unbounded()).then(|| pb::RetentionPolicy {
+            keep_last: s.policy.retention.keep_last,
+            max_age: s.policy.retention.max_age_ms.map(ms_to_duration),
+        }),
+        consecutive_failures: s.consecutive_failures,
+        buffer_overruns: s.buffer_overruns,
     }
 }
 

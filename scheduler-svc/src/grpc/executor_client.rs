@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use almanac_proto::executor::v1::{
-    Action, ExecuteRequest, ExecutionStatus, Origin, ValidateActionRequest, execution_event::Kind,
-    executor_service_client::ExecutorServiceClient,
+    Action, CancelExecutionRequest, ExecuteRequest, ExecutionStatus, Origin, ValidateActionRequest,
+    execution_event::Kind, executor_service_client::ExecutorServiceClient,
 };
 use almanac_proto::time::{ms_to_timestamp, timestamp_to_ms};
 use async_trait::async_trait;
@@ -17,7 +17,7 @@ use tonic::{Code, Status};
 use crate::engine::executor::{
     ActionRefusal, CallError, EventStream, ExecEvent, ExecuteCall, ExecutorClient,
 };
-use crate::model::RunStatus;
+use crate::model::{CancelMode, RunStatus};
 
 /// The executor over one HTTP/2 channel (many concurrent streams).
 #[derive(Clone)]
@@ -124,6 +124,15 @@ impl ExecutorClient for GrpcExecutorClient {
             .boxed())
     }
 
+    async fn cancel(&self, key: &str, mode: CancelMode, reason: &str) -> Result<(), CallError> {
+        let mut client = self.client.clone();
+        client
+            .cancel_execution(cancel_request(key, mode, reason))
+            .await
+            .map(|_| ())
+            .map_err(|s| classify(&s))
+    }
+
     async fn validate_action(&self, action: &Action, prefix: &str) -> Result<(), ActionRefusal> {
         let mut client = self.client.clone();
         let request = ValidateActionRequest {
@@ -148,6 +157,19 @@ impl ExecutorClient for GrpcExecutorClient {
                 }
             }),
         }
+    }
+}
+
+/// The cancellation of an execution by key.
+fn cancel_request(key: &str, mode: CancelMode, reason: &str) -> CancelExecutionRequest {
+    CancelExecutionRequest {
+        execution_id: String::new(),
+        idempotency_key: key.to_owned(),
+        mode: match mode {
+            CancelMode::Graceful => almanac_proto::executor::v1::CancelMode::Graceful,
+            CancelMode::Terminate => almanac_proto::executor::v1::CancelMode::Terminate,
+        } as i32,
+        reason: reason.to_owned(),
     }
 }
 

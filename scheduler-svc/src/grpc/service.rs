@@ -12,6 +12,7 @@ use super::convert::{
     state_from_proto, status_from_proto,
 };
 use crate::engine::Engine;
+use crate::model::CancelMode;
 
 /// The handlers, over the engine.
 #[derive(Clone)]
@@ -249,6 +250,90 @@ impl SchedulerService for SchedulerApi {
         let run = self.engine.get_run(&req.run_id).await?;
         Ok(Response::new(pb::GetRunResponse {
             run: Some(run_to_proto(&run)),
+        }))
+    }
+
+    async fn cancel_run(
+        &self,
+        request: Request<pb::CancelRunRequest>,
+    ) -> Result<Response<pb::CancelRunResponse>, Status> {
+        let req = request.into_inner();
+        required("run_id", &req.run_id)?;
+        let mode = match almanac_proto::executor::v1::CancelMode::try_from(req.mode) {
+            Ok(almanac_proto::executor::v1::CancelMode::Terminate) => CancelMode::Terminate,
+            Ok(_) => CancelMode::Graceful,
+            Err(_) => {
+                return Err(invalid_argument(&[
+                    almanac_proto::action::FieldViolation::new(
+                        "mode",
+                        format!("unknown enum value {}", req.mode),
+                    ),
+                ]));
+            }
+        };
+        let run = self
+            .engine
+            .cancel_run(&req.run_id, mode, &req.reason)
+            .await?;
+        Ok(Response::new(pb::CancelRunResponse {
+            run: Some(run_to_proto(&run)),
+        }))
+    }
+
+    async fn rerun_run(
+        &self,
+        request: Request<pb::RerunRunRequest>,
+    ) -> Result<Response<pb::RerunRunResponse>, Status> {
+        let req = request.into_inner();
+        required("run_id", &req.run_id)?;
+        let run = self.engine.rerun_run(&req.run_id).await?;
+        Ok(Response::new(pb::RerunRunResponse {
+            run: Some(run_to_proto(&run)),
+        }))
+    }
+
+    async fn backfill_schedule(
+        &self,
+        request: Request<pb::BackfillScheduleRequest>,
+    ) -> Result<Response<pb::BackfillScheduleResponse>, Status> {
+        let req = request.into_inner();
+        required("schedule_id", &req.schedule_id)?;
+        let mut p = Problems::default();
+        let overlap = p
+            .enumeration::<pb::OverlapPolicy>("overlap_policy", req.overlap_policy)
+            .map(overlap_from_proto);
+        let mut instant = |field: &str, ts: Option<&pbjson_types::Timestamp>| match ts {
+            Some(ts) if almanac_proto::time::timestamp_is_valid(ts) => {
+                Some(almanac_proto::time::timestamp_to_ms(ts))
+            }
+            Some(_) => {
+                p.0.push(almanac_proto::action::FieldViolation::new(
+                    field,
+                    "not a valid timestamp",
+                ));
+                None
+            }
+            None => {
+                p.0.push(almanac_proto::action::FieldViolation::new(
+                    field, "required",
+                ));
+                None
+            }
+        };
+        let start = instant("start_time", req.start_time.as_ref());
+        let end = instant("end_time", req.end_time.as_ref());
+        let (start, end) = p.finish((start, end)).map_err(|v| invalid_argument(&v))?;
+        let (Some(start), Some(end)) = (start, end) else {
+            unreachable!("problems were reported");
+        };
+        let (written, existing) = self
+            .engine
+            .backfill(&req.schedule_id, start, end, overlap, req.max_per_second)
+            .await?;
+        Ok(Response::new(pb::BackfillScheduleResponse {
+            created: written.len() as i64,
+            existing,
+            run_ids: written.into_iter().take(1_000).collect(),
         }))
     }
 }

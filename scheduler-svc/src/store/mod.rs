@@ -9,9 +9,13 @@ pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
 
+use crate::engine::overlap::InFlight;
 use crate::engine::policy::{FirePlan, NewRun};
 use crate::error::SchedulerError;
-use crate::model::{AttemptOutcome, DispatchJob, Run, RunStatus, Schedule, ScheduleState};
+use crate::model::{
+    AttemptOutcome, CancelMode, DispatchJob, Notification, Retention, Run, RunStatus, Schedule,
+    ScheduleState,
+};
 
 /// A storage failure, classified once where the backend reports it.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +29,9 @@ pub enum StoreError {
     /// Optimistic concurrency: the row changed since it was read.
     #[error("version mismatch: expected {expected}, found {actual}")]
     VersionMismatch { expected: i64, actual: i64 },
+    /// The operation does not fit the row's state (cancel a final run, …).
+    #[error("{0}")]
+    Conflict(String),
     /// The database cannot be reached or is busy past its timeout.
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
@@ -37,12 +44,14 @@ pub enum StoreError {
 }
 
 /// The planner a claim runs for each due schedule: the schedule as stored, and a run
-/// of it that is in flight. `Err` records the problem on the schedule and pauses it.
+/// of what it has in flight. `Err` records the problem on the schedule and pauses it.
 pub type DuePlanner<'a> =
-    dyn Fn(&Schedule, Option<String>) -> Result<FirePlan, String> + Send + Sync + 'a;
+    dyn Fn(&Schedule, &InFlight) -> Result<FirePlan, String> + Send + Sync + 'a;
 
-/// The planner of a manual run.
-pub type ManualPlanner<'a> = dyn Fn(&Schedule, Option<String>) -> NewRun + Send + Sync + 'a;
+/// The planner of a manual run: the row, the cancellations it asks for, and whether it
+/// was an overrun of a full buffer.
+pub type ManualPlanner<'a> =
+    dyn Fn(&Schedule, &InFlight) -> (NewRun, Vec<(String, CancelMode)>, bool) + Send + Sync + 'a;
 
 /// A change to a stored schedule, applied to the row as read under its lock.
 pub type ScheduleChange<'a> =
@@ -56,6 +65,25 @@ pub struct Claimed {
     pub next_fire_ms: Option<i64>,
     /// Runs written PENDING, to dispatch.
     pub dispatch: Vec<String>,
+    /// What else the claim asks of the engine (cancellations of runs in flight).
+    pub effects: Vec<Effect>,
+}
+
+/// Work a committed ledger change leaves for the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Dispatch this run's current attempt.
+    Dispatch(String),
+    /// Ask the executor to stop the execution of `key` (the run's current attempt).
+    CancelExecution {
+        run_id: String,
+        key: String,
+        mode: CancelMode,
+    },
+    /// Send the notification this run owes.
+    Notify(String),
+    /// The schedule was paused: the timer forgets it.
+    Paused(String),
 }
 
 /// A ledger change reported by the executor's event stream; applied in batches.
@@ -124,13 +152,14 @@ pub trait SchedulerStore: Send + Sync + 'static {
         plan: &DuePlanner<'_>,
     ) -> Result<Vec<Claimed>, StoreError>;
     /// Writes a manual run in one transaction with the overlap check; a request id seen
-    /// before returns the run it made. Returns the run and whether it must be dispatched.
+    /// before returns the run it made (and no effects).
     async fn trigger(
         &self,
         schedule_id: &str,
         request_id: Option<&str>,
+        now_ms: i64,
         plan: &ManualPlanner<'_>,
-    ) -> Result<(Run, bool), StoreError>;
+    ) -> Result<(Run, Vec<Effect>), StoreError>;
     /// One run with its attempts.
     async fn get_run(&self, run_id: &str) -> Result<Option<Run>, StoreError>;
     /// A schedule's runs, newest nominal time first, with their attempts.
@@ -145,7 +174,85 @@ pub trait SchedulerStore: Send + Sync + 'static {
     async fn dispatch_job(&self, run_id: &str) -> Result<Option<DispatchJob>, StoreError>;
     /// Ids of runs that are PENDING or RUNNING (recovery re-dispatches them).
     async fn in_flight_runs(&self) -> Result<Vec<String>, StoreError>;
+    /// Ends a run whose row cannot be read FAILED with `problem` (and its open attempt),
+    /// so one bad row is recorded on its run and never retried forever (DESIGN §4.6).
+    async fn fail_unreadable_run(
+        &self,
+        run_id: &str,
+        problem: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
     /// Applies ledger updates in one transaction; updates that no longer apply (the run
-    /// moved on or was deleted) are ignored.
-    async fn apply_updates(&self, updates: &[LedgerUpdate]) -> Result<(), StoreError>;
+    /// moved on or was deleted) are ignored. A finished attempt is planned by
+    /// `engine::finish` (a retry, or a final status with its failures in a row,
+    /// pause_on_failure and notification), and a final run lets the oldest BUFFERED run
+    /// of its schedule start.
+    async fn apply_updates(
+        &self,
+        updates: &[LedgerUpdate],
+        now_ms: i64,
+    ) -> Result<Vec<Effect>, StoreError>;
+
+    /// Cancels a run: BUFFERED or PENDING ones end CANCELLED now (the next BUFFERED one may
+    /// start); a RUNNING one is marked and its execution asked to stop. `NotFound`, or
+    /// `Conflict` for a run already final.
+    async fn cancel_run(
+        &self,
+        run_id: &str,
+        mode: CancelMode,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<(Run, Vec<Effect>), StoreError>;
+
+    /// Adds attempt n+1 to a final run and makes it PENDING now (its action as it was, or
+    /// the schedule's for a run that never ran). `Conflict` for a run that is not final or
+    /// stands for a range.
+    async fn rerun_run(&self, run_id: &str, now_ms: i64) -> Result<(Run, Vec<Effect>), StoreError>;
+
+    /// Writes BACKFILL rows for `fires` (nominal times, oldest first), leaving fires that
+    /// already have a row untouched: `ALLOW_ALL` makes them PENDING `spacing_ms` apart from
+    /// now, `BUFFER_ALL` makes the first PENDING (if nothing is in flight) and the rest
+    /// BUFFERED. Returns the rows written (ids, oldest first), how many existed, effects.
+    async fn backfill(
+        &self,
+        schedule_id: &str,
+        fires: &[i64],
+        buffered: bool,
+        spacing_ms: i64,
+        now_ms: i64,
+    ) -> Result<(Vec<String>, i64, Vec<Effect>), StoreError>;
+
+    /// Marks a schedule's BUFFERED runs SKIPPED with `reason` (a pause); how many.
+    async fn skip_buffered(
+        &self,
+        schedule_id: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<u64, StoreError>;
+
+    /// Deletes at most `batch` final runs of a schedule beyond the newest `keep_last`
+    /// (0: none kept by count) or with a nominal time before `older_than_ms`. Never a run
+    /// in flight or waiting. Returns how many were deleted.
+    async fn prune_runs(
+        &self,
+        schedule_id: &str,
+        keep_last: u32,
+        older_than_ms: Option<i64>,
+        batch: u32,
+    ) -> Result<u64, StoreError>;
+
+    /// Schedules with a bounded retention, with it.
+    async fn retained_schedules(&self) -> Result<Vec<(String, Retention)>, StoreError>;
+
+    /// Runs that owe a notification not sent yet.
+    async fn pending_notifications(&self) -> Result<Vec<String>, StoreError>;
+
+    /// What a run owes: its schedule, the run, and which notification (if still pending).
+    async fn notification_job(
+        &self,
+        run_id: &str,
+    ) -> Result<Option<(Schedule, Run, Notification)>, StoreError>;
+
+    /// Records how a run's notification ended (SENT, or FAILED with the error).
+    async fn notification_done(&self, run_id: &str, error: Option<&str>) -> Result<(), StoreError>;
 }

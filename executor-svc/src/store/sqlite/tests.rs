@@ -241,3 +241,42 @@ async fn listing_is_newest_first_with_filters_and_survives_reopening() {
     );
     assert_eq!(ids(store.list_unfinished().await.unwrap()), ["a", "b", "c"]);
 }
+
+#[tokio::test]
+async fn retention_deletes_only_finished_executions_older_than_the_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("e.db")).await.unwrap();
+    for (id, key) in [("e1", "k1"), ("e2", "k2"), ("e3", "k3")] {
+        store
+            .create_execution(&new_execution(id, key, None))
+            .await
+            .unwrap();
+    }
+    let finish = |status| Transition::ExecutionFinished {
+        status,
+        result: None,
+        error: String::new(),
+        retryable: false,
+    };
+    store
+        .append("e1", 2_000, finish(ExecutionStatus::Succeeded))
+        .await
+        .unwrap();
+    store
+        .append("e2", 9_000, finish(ExecutionStatus::Failed))
+        .await
+        .unwrap();
+    // e3 is still running.
+    assert_eq!(store.prune_finished(5_000, 10).await.unwrap(), 1);
+    assert!(store.get_execution("e1").await.unwrap().is_none());
+    assert!(store.events_after("e1", 0, 10).await.unwrap().is_empty());
+    assert!(
+        store.get_execution("e2").await.unwrap().is_some(),
+        "finished after the cut"
+    );
+    assert_eq!(store.prune_finished(i64::MAX, 10).await.unwrap(), 1);
+    assert!(
+        store.get_execution("e3").await.unwrap().is_some(),
+        "never one still running"
+    );
+}

@@ -4,14 +4,17 @@
 use sqlx::AssertSqlSafe;
 use sqlx::sqlite::SqliteConnection;
 
+use super::outcomes::{finish_attempt, request_cancels};
 use super::rows::{
     ATTEMPT_COLUMNS, RUN_COLUMNS, col, json, parse_status, runs_with_attempts, state_str,
     status_str, trigger_str,
 };
-use super::{classify, in_flight_run, load_schedule, to_json};
+use super::{classify, in_flight_state, load_schedule, to_json};
 use crate::engine::policy::NewRun;
 use crate::model::{DispatchJob, Run, RunStatus, Schedule, ScheduleState, execution_key};
-use crate::store::{Claimed, DuePlanner, LedgerUpdate, ManualPlanner, RunCursor, StoreError};
+use crate::store::{
+    Claimed, DuePlanner, Effect, LedgerUpdate, ManualPlanner, RunCursor, StoreError,
+};
 
 /// Claims one schedule's due fires inside the caller's transaction.
 pub async fn claim_one(
@@ -24,6 +27,7 @@ pub async fn claim_one(
         schedule_id: id.to_string(),
         next_fire_ms,
         dispatch: Vec::new(),
+        effects: Vec::new(),
     };
     let schedule = match load_schedule(conn, id).await {
         Ok(Some(s)) => s,
@@ -41,15 +45,29 @@ pub async fn claim_one(
     if next > now_ms {
         return Ok(idle(Some(next)));
     }
-    let in_flight = in_flight_run(conn, id).await?;
-    let plan = match plan(&schedule, in_flight) {
+    let in_flight = in_flight_state(conn, id).await?;
+    let plan = match plan(&schedule, &in_flight) {
         Ok(plan) => plan,
         Err(problem) => {
             pause_broken(conn, id, now_ms, &problem).await?;
             return Ok(idle(None));
         }
     };
-    let dispatch = insert_runs(conn, &schedule, &plan.runs, now_ms).await?;
+    let (_, mut dispatch) = insert_runs(conn, &schedule, &plan.runs, now_ms).await?;
+    let mut effects = request_cancels(
+        conn,
+        &plan.cancel,
+        "the overlap policy started a newer run",
+        now_ms,
+    )
+    .await?;
+    effects.retain(|e| match e {
+        Effect::Dispatch(run) => {
+            dispatch.push(run.clone());
+            false
+        }
+        _ => true,
+    });
     let state = if plan.completed.is_some() {
         ScheduleState::Completed
     } else {
@@ -57,12 +75,14 @@ pub async fn claim_one(
     };
     sqlx::query(
         "UPDATE schedules SET next_fire_ms = ?, run_count = run_count + ?, state = ?, \
-         completion_reason = COALESCE(?, completion_reason) WHERE id = ?",
+         completion_reason = COALESCE(?, completion_reason), \
+         buffer_overruns = buffer_overruns + ? WHERE id = ?",
     )
     .bind(plan.next_fire_ms)
     .bind(plan.counted)
     .bind(state_str(state))
     .bind(plan.completed.as_deref())
+    .bind(plan.overruns)
     .bind(id)
     .execute(&mut *conn)
     .await
@@ -71,6 +91,7 @@ pub async fn claim_one(
         schedule_id: id.to_string(),
         next_fire_ms: plan.next_fire_ms.filter(|_| state == ScheduleState::Active),
         dispatch,
+        effects,
     })
 }
 
@@ -96,18 +117,21 @@ async fn pause_broken(
     Ok(())
 }
 
-/// Inserts planned rows (and the first attempt of each PENDING one). A row whose fire
-/// already has a ledger row is not written again. Returns the ids written PENDING.
-async fn insert_runs(
+/// Inserts planned rows (and the first attempt of each PENDING one; a BUFFERED one keeps
+/// the action too, for when it starts). A row whose fire already has a ledger row is not
+/// written again. Returns the ids written, and those written PENDING.
+pub async fn insert_runs(
     conn: &mut SqliteConnection,
     schedule: &Schedule,
     runs: &[NewRun],
     now_ms: i64,
-) -> Result<Vec<String>, StoreError> {
+) -> Result<(Vec<String>, Vec<String>), StoreError> {
+    let mut written_ids = Vec::new();
     let mut pending = Vec::new();
     let action = to_json(&schedule.action)?;
     for run in runs {
         let is_pending = run.status == RunStatus::Pending;
+        let keeps_action = is_pending || run.status == RunStatus::Buffered;
         let written = sqlx::query(
             "INSERT OR IGNORE INTO runs (id, schedule_id, nominal_ms, trigger, status, attempt, \
              dispatch_after_ms, reason, coalesced_into, missed_first_ms, missed_last_ms, \
@@ -127,7 +151,7 @@ async fn insert_runs(
         .bind(run.missed.map(|m| m.last_ms))
         .bind(run.missed.map(|m| m.count))
         .bind(run.request_id.as_deref())
-        .bind(is_pending.then_some(action.as_str()))
+        .bind(keeps_action.then_some(action.as_str()))
         .bind(now_ms)
         .execute(&mut *conn)
         .await
@@ -135,10 +159,11 @@ async fn insert_runs(
         .rows_affected()
             == 1;
         if !written {
-            tracing::warn!(schedule_id = %schedule.id, nominal_ms = run.nominal_ms,
+            tracing::debug!(schedule_id = %schedule.id, nominal_ms = run.nominal_ms,
                 "fire already has a ledger row; not written again");
             continue;
         }
+        written_ids.push(run.id.clone());
         if is_pending {
             sqlx::query(
                 "INSERT INTO attempts (run_id, number, execution_key, deadline_ms, status) \
@@ -153,7 +178,7 @@ async fn insert_runs(
             pending.push(run.id.clone());
         }
     }
-    Ok(pending)
+    Ok((written_ids, pending))
 }
 
 /// Writes a manual run inside the caller's transaction.
@@ -161,8 +186,9 @@ pub async fn trigger(
     conn: &mut SqliteConnection,
     schedule_id: &str,
     request_id: Option<&str>,
+    now_ms: i64,
     plan: &ManualPlanner<'_>,
-) -> Result<(Run, bool), StoreError> {
+) -> Result<(Run, Vec<Effect>), StoreError> {
     if let Some(request_id) = request_id {
         let existing: Option<String> =
             sqlx::query_scalar("SELECT id FROM runs WHERE schedule_id = ? AND request_id = ?")
@@ -174,21 +200,39 @@ pub async fn trigger(
         if let Some(run_id) = existing {
             let run = load_run(conn, &run_id).await?;
             return run
-                .map(|r| (r, false))
+                .map(|r| (r, Vec::new()))
                 .ok_or_else(|| StoreError::NotFound(format!("run {run_id:?}")));
         }
     }
     let Some(schedule) = load_schedule(conn, schedule_id).await? else {
         return Err(StoreError::NotFound(format!("schedule {schedule_id:?}")));
     };
-    let in_flight = in_flight_run(conn, schedule_id).await?;
-    let row = plan(&schedule, in_flight);
-    let now_ms = row.nominal_ms;
-    let dispatch = !insert_runs(conn, &schedule, std::slice::from_ref(&row), now_ms)
+    let in_flight = in_flight_state(conn, schedule_id).await?;
+    let (row, cancels, overrun) = plan(&schedule, &in_flight);
+    let mut effects: Vec<Effect> = insert_runs(conn, &schedule, std::slice::from_ref(&row), now_ms)
         .await?
-        .is_empty();
+        .1
+        .into_iter()
+        .map(Effect::Dispatch)
+        .collect();
+    effects.extend(
+        request_cancels(
+            conn,
+            &cancels,
+            "a manual run replaced it (overlap policy)",
+            now_ms,
+        )
+        .await?,
+    );
+    if overrun {
+        sqlx::query("UPDATE schedules SET buffer_overruns = buffer_overruns + 1 WHERE id = ?")
+            .bind(schedule_id)
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
+    }
     let run = load_run(conn, &row.id).await?;
-    run.map(|r| (r, dispatch))
+    run.map(|r| (r, effects))
         .ok_or_else(|| StoreError::NotFound(format!("run {:?}", row.id)))
 }
 
@@ -269,11 +313,12 @@ pub async fn dispatch_job(
 }
 
 /// Applies one update inside the caller's transaction; one that no longer applies (the
-/// attempt moved on, the run was deleted) changes nothing.
+/// attempt moved on, the run was deleted) changes nothing. Returns what it leaves to do.
 pub async fn apply_update(
     conn: &mut SqliteConnection,
     update: &LedgerUpdate,
-) -> Result<(), StoreError> {
+    now_ms: i64,
+) -> Result<Vec<Effect>, StoreError> {
     match update {
         LedgerUpdate::Started {
             run_id,
@@ -295,7 +340,7 @@ pub async fn apply_update(
             .execute(&mut *conn)
             .await
             .map_err(classify)?;
-            sqlx::query(
+            let moved = sqlx::query(
                 "UPDATE runs SET status = 'RUNNING', started_ms = COALESCE(started_ms, ?) \
                  WHERE id = ? AND attempt = ? AND status = 'PENDING'",
             )
@@ -304,44 +349,31 @@ pub async fn apply_update(
             .bind(i64::from(*attempt))
             .execute(&mut *conn)
             .await
-            .map_err(classify)?;
+            .map_err(classify)?
+            .rows_affected();
+            if moved == 0 {
+                // Cancelled while its Execute was on the way: stop what started anyway.
+                let status: Option<String> =
+                    sqlx::query_scalar("SELECT status FROM runs WHERE id = ? AND attempt = ?")
+                        .bind(run_id)
+                        .bind(i64::from(*attempt))
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(classify)?;
+                if status.as_deref() == Some("CANCELLED") {
+                    return Ok(vec![Effect::CancelExecution {
+                        run_id: run_id.clone(),
+                        key: execution_key(run_id, *attempt),
+                        mode: crate::model::CancelMode::Terminate,
+                    }]);
+                }
+            }
         }
         LedgerUpdate::Finished {
             run_id,
             attempt,
             outcome,
-        } => {
-            let status = status_str(outcome.status);
-            let result = outcome.result.as_ref().map(to_json).transpose()?;
-            sqlx::query(
-                "UPDATE attempts SET status = ?, error = ?, retryable = ?, finished_ms = ?, \
-                 last_seq = MAX(last_seq, ?) \
-                 WHERE run_id = ? AND number = ? AND status IN ('PENDING', 'RUNNING')",
-            )
-            .bind(status)
-            .bind(outcome.error.as_deref())
-            .bind(outcome.retryable)
-            .bind(outcome.finished_ms)
-            .bind(outcome.last_seq as i64)
-            .bind(run_id)
-            .bind(i64::from(*attempt))
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?;
-            sqlx::query(
-                "UPDATE runs SET status = ?, error = ?, result = ?, finished_ms = ? \
-                 WHERE id = ? AND attempt = ? AND status IN ('PENDING', 'RUNNING')",
-            )
-            .bind(status)
-            .bind(outcome.error.as_deref())
-            .bind(result)
-            .bind(outcome.finished_ms)
-            .bind(run_id)
-            .bind(i64::from(*attempt))
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?;
-        }
+        } => return finish_attempt(conn, run_id, *attempt, outcome, now_ms).await,
     }
-    Ok(())
+    Ok(Vec::new())
 }

@@ -3,6 +3,8 @@
 //! writers queue instead of failing), and a pool of readers that never wait behind it.
 
 mod ledger;
+mod maintenance;
+mod outcomes;
 mod rows;
 
 use std::path::Path;
@@ -10,19 +12,22 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sqlx::AssertSqlSafe;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Row};
 
 use self::rows::{SCHEDULE_COLUMNS, col, schedule_from_row, state_str};
 use super::{
-    Claimed, DuePlanner, LedgerUpdate, ManualPlanner, RunCursor, ScheduleChange, SchedulerStore,
-    StoreError,
+    Claimed, DuePlanner, Effect, LedgerUpdate, ManualPlanner, RunCursor, ScheduleChange,
+    SchedulerStore, StoreError,
 };
+use crate::engine::overlap::InFlight;
 use crate::error::SchedulerError;
-use crate::model::{DispatchJob, Run, RunStatus, Schedule, ScheduleState};
+use crate::model::{
+    CancelMode, DispatchJob, Notification, Retention, Run, RunStatus, Schedule, ScheduleState,
+};
 
 /// How long a statement waits for a lock before the store reports itself unavailable.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -127,13 +132,14 @@ async fn write_schedule(
     let sql = if insert {
         "INSERT INTO schedules (display_name, description, spec, action, policy, state, \
          pause_note, pause_identity, paused_ms, next_fire_ms, run_count, version, request_id, \
-         completion_reason, created_ms, updated_ms, id) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+         completion_reason, created_ms, updated_ms, consecutive_failures, buffer_overruns, id) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     } else {
         "UPDATE schedules SET display_name = ?, description = ?, spec = ?, action = ?, \
          policy = ?, state = ?, pause_note = ?, pause_identity = ?, paused_ms = ?, \
          next_fire_ms = ?, run_count = ?, version = ?, request_id = ?, completion_reason = ?, \
-         created_ms = ?, updated_ms = ? WHERE id = ?"
+         created_ms = ?, updated_ms = ?, consecutive_failures = ?, buffer_overruns = ? \
+         WHERE id = ?"
     };
     let pause = s.pause.as_ref();
     sqlx::query(sql)
@@ -153,6 +159,8 @@ async fn write_schedule(
         .bind(s.completion_reason.as_deref())
         .bind(s.created_ms)
         .bind(s.updated_ms)
+        .bind(s.consecutive_failures)
+        .bind(s.buffer_overruns)
         .bind(&s.id)
         .execute(conn)
         .await
@@ -301,10 +309,11 @@ impl SchedulerStore for SqliteStore {
         &self,
         schedule_id: &str,
         request_id: Option<&str>,
+        now_ms: i64,
         plan: &ManualPlanner<'_>,
-    ) -> Result<(Run, bool), StoreError> {
+    ) -> Result<(Run, Vec<Effect>), StoreError> {
         let mut tx = self.begin().await?;
-        let outcome = ledger::trigger(&mut tx, schedule_id, request_id, plan).await?;
+        let outcome = ledger::trigger(&mut tx, schedule_id, request_id, now_ms, plan).await?;
         tx.commit().await.map_err(classify)?;
         Ok(outcome)
     }
@@ -340,26 +349,159 @@ impl SchedulerStore for SqliteStore {
         rows.iter().map(|r| col(r, "id")).collect()
     }
 
-    async fn apply_updates(&self, updates: &[LedgerUpdate]) -> Result<(), StoreError> {
+    async fn fail_unreadable_run(
+        &self,
+        run_id: &str,
+        problem: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
+        let error = format!("the run cannot be read: {problem}");
+        sqlx::query(
+            "UPDATE attempts SET status = 'FAILED', error = ?, finished_ms = ? \
+             WHERE run_id = ? AND finished_ms IS NULL",
+        )
+        .bind(&error)
+        .bind(now_ms)
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        sqlx::query(
+            "UPDATE runs SET status = 'FAILED', error = ?, finished_ms = ? \
+             WHERE id = ? AND status IN ('PENDING', 'RUNNING')",
+        )
+        .bind(&error)
+        .bind(now_ms)
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        tx.commit().await.map_err(classify)
+    }
+
+    async fn apply_updates(
+        &self,
+        updates: &[LedgerUpdate],
+        now_ms: i64,
+    ) -> Result<Vec<Effect>, StoreError> {
+        let mut tx = self.begin().await?;
+        let mut effects = Vec::new();
         for update in updates {
-            ledger::apply_update(&mut tx, update).await?;
+            effects.extend(ledger::apply_update(&mut tx, update, now_ms).await?);
         }
+        tx.commit().await.map_err(classify)?;
+        Ok(effects)
+    }
+
+    async fn cancel_run(
+        &self,
+        run_id: &str,
+        mode: CancelMode,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<(Run, Vec<Effect>), StoreError> {
+        let mut tx = self.begin().await?;
+        let out = outcomes::cancel_run(&mut tx, run_id, mode, reason, now_ms).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(out)
+    }
+
+    async fn rerun_run(&self, run_id: &str, now_ms: i64) -> Result<(Run, Vec<Effect>), StoreError> {
+        let mut tx = self.begin().await?;
+        let out = outcomes::rerun_run(&mut tx, run_id, now_ms).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(out)
+    }
+
+    async fn backfill(
+        &self,
+        schedule_id: &str,
+        fires: &[i64],
+        buffered: bool,
+        spacing_ms: i64,
+        now_ms: i64,
+    ) -> Result<(Vec<String>, i64, Vec<Effect>), StoreError> {
+        let mut tx = self.begin().await?;
+        let out = maintenance::backfill(&mut tx, schedule_id, fires, buffered, spacing_ms, now_ms)
+            .await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(out)
+    }
+
+    async fn skip_buffered(
+        &self,
+        schedule_id: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        let n = outcomes::skip_buffered(&mut tx, schedule_id, reason, now_ms).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(n)
+    }
+
+    async fn prune_runs(
+        &self,
+        schedule_id: &str,
+        keep_last: u32,
+        older_than_ms: Option<i64>,
+        batch: u32,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        let n =
+            maintenance::prune_runs(&mut tx, schedule_id, keep_last, older_than_ms, batch).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(n)
+    }
+
+    async fn retained_schedules(&self) -> Result<Vec<(String, Retention)>, StoreError> {
+        let mut conn = self.reader.acquire().await.map_err(classify)?;
+        maintenance::retained_schedules(&mut conn).await
+    }
+
+    async fn pending_notifications(&self) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.reader.acquire().await.map_err(classify)?;
+        maintenance::pending_notifications(&mut conn).await
+    }
+
+    async fn notification_job(
+        &self,
+        run_id: &str,
+    ) -> Result<Option<(Schedule, Run, Notification)>, StoreError> {
+        let mut conn = self.reader.acquire().await.map_err(classify)?;
+        maintenance::notification_job(&mut conn, run_id).await
+    }
+
+    async fn notification_done(&self, run_id: &str, error: Option<&str>) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        maintenance::notification_done(&mut tx, run_id, error).await?;
         tx.commit().await.map_err(classify)
     }
 }
 
-/// The id of some in-flight run of a schedule, read inside the caller's transaction.
-async fn in_flight_run(
+/// What a schedule has in flight (PENDING or RUNNING runs) and waiting (BUFFERED), read
+/// inside the caller's transaction.
+async fn in_flight_state(
     conn: &mut SqliteConnection,
     schedule_id: &str,
-) -> Result<Option<String>, StoreError> {
-    let row = sqlx::query(
-        "SELECT id FROM runs WHERE schedule_id = ? AND status IN ('PENDING', 'RUNNING') LIMIT 1",
+) -> Result<InFlight, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, status FROM runs WHERE schedule_id = ? \
+         AND status IN ('PENDING', 'RUNNING', 'BUFFERED') ORDER BY nominal_ms",
     )
     .bind(schedule_id)
-    .fetch_optional(conn)
+    .fetch_all(conn)
     .await
     .map_err(classify)?;
-    row.map(|r| r.try_get("id").map_err(classify)).transpose()
+    let mut state = InFlight::default();
+    for row in &rows {
+        let status: String = col(row, "status")?;
+        if status == "BUFFERED" {
+            state.buffered += 1;
+        } else {
+            state.running.push(col(row, "id")?);
+        }
+    }
+    Ok(state)
 }

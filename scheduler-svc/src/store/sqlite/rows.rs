@@ -4,20 +4,21 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
 use crate::model::{
-    Attempt, MissedRange, PauseInfo, Run, RunStatus, Schedule, ScheduleState, Trigger,
+    Attempt, CancelMode, MissedRange, Notification, PauseInfo, Run, RunStatus, Schedule,
+    ScheduleState, Trigger,
 };
 use crate::store::StoreError;
 
 /// The columns `schedule_from_row` reads, in a form to paste after SELECT.
 pub const SCHEDULE_COLUMNS: &str = "id, display_name, description, spec, action, policy, state, \
      pause_note, pause_identity, paused_ms, next_fire_ms, run_count, version, request_id, \
-     completion_reason, created_ms, updated_ms";
+     completion_reason, created_ms, updated_ms, consecutive_failures, buffer_overruns";
 
 /// The columns `run_from_row` reads (runs as `r`).
 pub const RUN_COLUMNS: &str = "r.id, r.schedule_id, r.nominal_ms, r.trigger, r.status, r.attempt, \
      r.dispatch_after_ms, r.started_ms, r.finished_ms, r.error, r.result, r.reason, \
      r.coalesced_into, r.missed_first_ms, r.missed_last_ms, r.missed_count, r.request_id, \
-     r.created_ms";
+     r.created_ms, r.cancel_requested";
 
 /// The columns `attempt_from_row` reads (attempts as `a`), all nullable for LEFT JOINs.
 pub const ATTEMPT_COLUMNS: &str = "a.number AS a_number, a.execution_key AS a_key, \
@@ -73,6 +74,36 @@ pub fn parse_status(s: &str) -> Result<RunStatus, StoreError> {
         "MISSED" => RunStatus::Missed,
         other => return Err(StoreError::Corrupt(format!("unknown run status {other:?}"))),
     })
+}
+
+pub fn cancel_mode_str(m: CancelMode) -> &'static str {
+    match m {
+        CancelMode::Graceful => "GRACEFUL",
+        CancelMode::Terminate => "TERMINATE",
+    }
+}
+
+pub fn parse_cancel_mode(s: &str) -> Option<CancelMode> {
+    match s {
+        "GRACEFUL" => Some(CancelMode::Graceful),
+        "TERMINATE" => Some(CancelMode::Terminate),
+        _ => None,
+    }
+}
+
+pub fn notification_str(n: Notification) -> &'static str {
+    match n {
+        Notification::OnFailure => "ON_FAILURE",
+        Notification::OnRecovery => "ON_RECOVERY",
+    }
+}
+
+pub fn parse_notification(s: &str) -> Option<Notification> {
+    match s {
+        "ON_FAILURE" => Some(Notification::OnFailure),
+        "ON_RECOVERY" => Some(Notification::OnRecovery),
+        _ => None,
+    }
 }
 
 pub fn trigger_str(t: Trigger) -> &'static str {
@@ -139,6 +170,8 @@ pub fn schedule_from_row(row: &SqliteRow) -> Result<Schedule, StoreError> {
         completion_reason: col(row, "completion_reason")?,
         created_ms: col(row, "created_ms")?,
         updated_ms: col(row, "updated_ms")?,
+        consecutive_failures: col(row, "consecutive_failures")?,
+        buffer_overruns: col(row, "buffer_overruns")?,
     })
 }
 
@@ -180,6 +213,9 @@ pub fn run_from_row(row: &SqliteRow) -> Result<Run, StoreError> {
         request_id: col(row, "request_id")?,
         created_ms: col(row, "created_ms")?,
         attempts: Vec::new(),
+        cancel_requested: col::<Option<String>>(row, "cancel_requested")?
+            .as_deref()
+            .and_then(parse_cancel_mode),
     })
 }
 
