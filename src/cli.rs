@@ -1,6 +1,6 @@
 //! The command line as clap types: global flags, the command tree, and the few value enums
 //! that map one-to-one onto proto enums. Parsing only; the commands live in `schedule.rs`,
-//! `pipeline.rs`, `execution.rs` and `dev.rs`.
+//! `run.rs`, `pipeline.rs`, `execution.rs` and `dev.rs`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -61,6 +61,9 @@ pub enum Command {
     /// Create, inspect and drive schedules.
     #[command(subcommand)]
     Schedule(ScheduleCmd),
+    /// Cancel and rerun the runs of schedules (`schedule runs` lists them).
+    #[command(subcommand)]
+    Run(RunCmd),
     /// Store, inspect, validate and run pipelines (DAGs of nodes) on the executor.
     #[command(subcommand)]
     Pipeline(PipelineCmd),
@@ -130,6 +133,8 @@ pub enum ScheduleCmd {
     Preview(PreviewArgs),
     /// List a schedule's runs, newest first.
     Runs(RunsArgs),
+    /// Write runs for the fires of a past range that have none, and run them at a bounded rate.
+    Backfill(BackfillArgs),
 }
 
 #[derive(Debug, Args)]
@@ -230,6 +235,40 @@ pub struct RunsArgs {
     /// Continue from a previous page.
     #[arg(long)]
     pub page_token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BackfillArgs {
+    pub id: String,
+    /// The first nominal time considered (inclusive).
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+    pub from: pbjson_types::Timestamp,
+    /// The last nominal time considered (inclusive; not in the future).
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+    pub to: pbjson_types::Timestamp,
+    /// allow-all (default): every run dispatched at the rate; buffer-all: one at a time,
+    /// oldest first.
+    #[arg(long, value_enum)]
+    pub overlap: Option<BackfillOverlapArg>,
+    /// Backfill runs started per second at most (default 10, at most 1000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_per_second: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunCmd {
+    /// Cancel a run: a waiting one ends cancelled at once, a running one is asked to stop.
+    Cancel {
+        id: String,
+        /// Cut the work in flight instead of letting it end.
+        #[arg(long)]
+        terminate: bool,
+        /// Recorded on the run.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Run a finished run again, as a new attempt dispatched now.
+    Rerun { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -363,6 +402,22 @@ impl From<OverlapArg> for OverlapPolicy {
             OverlapArg::BufferAll => Self::BufferAll,
             OverlapArg::CancelOther => Self::CancelOther,
             OverlapArg::TerminateOther => Self::TerminateOther,
+        }
+    }
+}
+
+/// The two overlap policies a backfill accepts.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BackfillOverlapArg {
+    AllowAll,
+    BufferAll,
+}
+
+impl From<BackfillOverlapArg> for OverlapPolicy {
+    fn from(arg: BackfillOverlapArg) -> Self {
+        match arg {
+            BackfillOverlapArg::AllowAll => Self::AllowAll,
+            BackfillOverlapArg::BufferAll => Self::BufferAll,
         }
     }
 }

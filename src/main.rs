@@ -13,6 +13,7 @@ mod pipeline;
 mod pipeline_file;
 mod pipeline_view;
 mod proto_fields;
+mod run;
 mod schedule;
 mod schedule_view;
 mod spec_args;
@@ -36,6 +37,7 @@ async fn main() -> ExitCode {
             .await
             .map_err(|e| anyhow::Error::new(e).context("the executor failed").into()),
         Command::Schedule(cmd) => schedule::run(cmd, &cli.scheduler, cli.output).await,
+        Command::Run(cmd) => run::run(cmd, &cli.scheduler, cli.output).await,
         Command::Pipeline(cmd) => pipeline::run(cmd, &cli.executor, cli.output).await,
         Command::Execution(cmd) => execution::run(cmd, &cli.executor, cli.output).await,
     };

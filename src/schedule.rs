@@ -3,14 +3,14 @@
 
 use almanac_proto::scheduler::v1::scheduler_service_client::SchedulerServiceClient;
 use almanac_proto::scheduler::v1::{
-    CatchupPolicy, CreateScheduleRequest, DeleteScheduleRequest, GetScheduleRequest,
-    ListRunsRequest, ListSchedulesRequest, ListSchedulesResponse, Misfire, OverlapPolicy,
-    PauseScheduleRequest, PreviewScheduleRequest, ResumeScheduleRequest, RunStatus, Schedule,
-    ScheduleState, TriggerScheduleRequest,
+    BackfillScheduleRequest, CatchupPolicy, CreateScheduleRequest, DeleteScheduleRequest,
+    GetScheduleRequest, ListRunsRequest, ListSchedulesRequest, ListSchedulesResponse, Misfire,
+    OverlapPolicy, PauseScheduleRequest, PreviewScheduleRequest, ResumeScheduleRequest, RunStatus,
+    Schedule, ScheduleState, TriggerScheduleRequest,
 };
 use tonic::transport::Channel;
 
-use crate::cli::{CreateArgs, ListArgs, Output, PreviewArgs, RunsArgs, ScheduleCmd};
+use crate::cli::{BackfillArgs, CreateArgs, ListArgs, Output, PreviewArgs, RunsArgs, ScheduleCmd};
 use crate::error::CliError;
 use crate::output::{Table, outln, print_json, time, time_in_zone};
 use crate::schedule_view::{self as view, print_schedule};
@@ -104,6 +104,7 @@ pub async fn run(cmd: ScheduleCmd, endpoint: &str, out: Output) -> Result<(), Cl
         }
         ScheduleCmd::Preview(args) => preview(&mut client, args, out).await,
         ScheduleCmd::Runs(args) => runs(&mut client, args, out).await,
+        ScheduleCmd::Backfill(args) => backfill(&mut client, args, out).await,
     }
 }
 
@@ -267,6 +268,38 @@ async fn runs(
     view::run_table(&response.runs).print();
     if !response.next_page_token.is_empty() {
         outln!("more: --page-token {}", response.next_page_token);
+    }
+    Ok(())
+}
+
+async fn backfill(
+    client: &mut SchedulerServiceClient<Channel>,
+    args: BackfillArgs,
+    out: Output,
+) -> Result<(), CliError> {
+    let request = BackfillScheduleRequest {
+        schedule_id: args.id,
+        start_time: Some(args.from),
+        end_time: Some(args.to),
+        overlap_policy: args.overlap.map_or(0, |o| OverlapPolicy::from(o) as i32),
+        max_per_second: args.max_per_second.unwrap_or(0),
+    };
+    let response = client.backfill_schedule(request).await?.into_inner();
+    if out == Output::Json {
+        return Ok(print_json(&response)?);
+    }
+    let plural = |n: i64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    outln!(
+        "{} written, {} already had a run",
+        plural(response.created, "run", "runs"),
+        plural(response.existing, "fire", "fires")
+    );
+    for id in &response.run_ids {
+        outln!("{id}");
+    }
+    let unlisted = response.created - response.run_ids.len() as i64;
+    if unlisted > 0 {
+        outln!("(and {unlisted} more, not listed)");
     }
     Ok(())
 }

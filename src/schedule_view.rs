@@ -1,12 +1,12 @@
-//! Schedules, specs, actions and runs as text for people: one-line summaries for tables
-//! and the `key  value` block of `schedule get`.
+//! Schedules, specs, actions and runs as text for people: one-line summaries for tables,
+//! the `key  value` block of `schedule get`, and one run as `run cancel`/`rerun` show it.
 
 use almanac_proto::executor::v1::{Action, action, run_task_action, send_notification_action};
 use almanac_proto::scheduler::v1::{
     OverlapPolicy, Run, RunStatus, RunTrigger, Schedule, ScheduleSpec, ScheduleState, schedule_spec,
 };
 
-use crate::output::{self, Table, label, time};
+use crate::output::{self, Table, label, outln, time};
 
 /// `active`, `paused`, `completed`.
 pub fn state(s: &Schedule) -> String {
@@ -190,6 +190,7 @@ pub fn run_table(runs: &[Run]) -> Table {
         "ATTEMPT",
         "DURATION",
         "EXECUTION",
+        "RUN",
         "ERROR/REASON",
     ]);
     for r in runs {
@@ -208,10 +209,27 @@ pub fn run_table(runs: &[Run]) -> Table {
             r.attempt.to_string(),
             output::elapsed(r.start_time.as_ref(), r.finish_time.as_ref()),
             execution,
+            r.id.clone(),
             why(r),
         ]);
     }
     table
+}
+
+/// One run: a headline (`run ID of schedule S: status`, then `note` when not empty) and
+/// its row of the `schedule runs` table.
+pub fn print_run(r: &Run, note: &str) {
+    let mut headline = format!(
+        "run {} of schedule {}: {}",
+        r.id,
+        r.schedule_id,
+        run_status(r.status)
+    );
+    if !note.is_empty() {
+        headline.push_str(&format!(", {note}"));
+    }
+    outln!("{headline}");
+    run_table(std::slice::from_ref(r)).print();
 }
 
 /// Why a run did not succeed, or what it stands for.

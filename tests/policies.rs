@@ -433,10 +433,15 @@ async fn cancel_run_stops_a_waiting_or_running_run_and_rerun_gives_a_failed_run_
         })
         .await
         .expect("cancel");
-    wait_for_run(&client, &run.id, "the running run to end cancelled", |r| {
+    let cancelled = wait_for_run(&client, &run.id, "the running run to end cancelled", |r| {
         status_of(r) == pb::RunStatus::Cancelled
     })
     .await;
+    assert!(
+        cancelled.error.contains("operator"),
+        "the reason is recorded on the run: {}",
+        cancelled.error
+    );
     let again = client
         .cancel_run(pb::CancelRunRequest {
             run_id: run.id.clone(),
@@ -476,6 +481,42 @@ async fn cancel_run_stops_a_waiting_or_running_run_and_rerun_gives_a_failed_run_
         pb::RunStatus::Failed as i32,
         "the first attempt's record is kept"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_keeps_to_the_schedules_start_time() {
+    let stack = Stack::start().await;
+    let sink = Sink::start().await;
+    let mut client = stack.scheduler_client().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let hour = 3_600_000;
+    let start = now - 2 * hour - hour / 2;
+    idle(&mut client, "bounded", &sink.url("/b"), |s| {
+        s.spec = Some(cron("0 * * * *", "UTC"));
+        s.start_time = Some(ms_to_timestamp(start));
+    })
+    .await;
+    let answer = client
+        .backfill_schedule(pb::BackfillScheduleRequest {
+            schedule_id: "bounded".into(),
+            start_time: Some(ms_to_timestamp(now - 5 * hour)),
+            end_time: Some(ms_to_timestamp(now)),
+            ..Default::default()
+        })
+        .await
+        .expect("backfill")
+        .into_inner();
+    let hours_since_start = (start.div_euclid(hour) + 1..=now.div_euclid(hour)).count() as i64;
+    assert_eq!(
+        answer.created, hours_since_start,
+        "only the fires at or after start_time"
+    );
+    for run in all_runs(&mut client, "bounded").await {
+        assert!(nominal_ms(&run) >= start, "{run:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

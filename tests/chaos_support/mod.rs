@@ -79,7 +79,7 @@ impl ChaosSchedule {
     /// The create request: every second (interval or six-field cron, alternately),
     /// POSTing to the sink at `/s/{id}`, with the default 1 min catch-up window.
     pub fn request(&self, index: usize, sink_base: &str) -> pb::CreateScheduleRequest {
-        let spec = if index % 2 == 0 {
+        let spec = if index.is_multiple_of(2) {
             every(1_000)
         } else {
             cron("* * * * * *", "UTC")

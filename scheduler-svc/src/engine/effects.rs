@@ -49,9 +49,16 @@ impl Effects {
                 Effect::Dispatch(run_id) => self.dispatcher.dispatch(run_id),
                 Effect::Paused(schedule_id) => self.timer.upsert(&schedule_id, None),
                 Effect::Notify(run_id) => self.notifier.send(run_id),
-                Effect::CancelExecution { run_id, key, mode } => {
+                Effect::CancelExecution {
+                    run_id,
+                    key,
+                    mode,
+                    reason,
+                } => {
                     let executor = self.executor.clone();
-                    tokio::spawn(async move { cancel(executor, &run_id, &key, mode).await });
+                    tokio::spawn(
+                        async move { cancel(executor, &run_id, &key, mode, &reason).await },
+                    );
                 }
             }
         }
@@ -81,13 +88,16 @@ impl Effects {
 /// Asks the executor to stop the execution of `key`, retrying while it is unreachable. An
 /// execution it does not know yet (an Execute still on its way) is not an error: the
 /// ledger update of its start sends the cancellation again.
-async fn cancel(executor: Arc<dyn ExecutorClient>, run_id: &str, key: &str, mode: CancelMode) {
+async fn cancel(
+    executor: Arc<dyn ExecutorClient>,
+    run_id: &str,
+    key: &str,
+    mode: CancelMode,
+    reason: &str,
+) {
     let mut wait = Duration::from_millis(100);
     for _ in 0..CANCEL_TRIES {
-        match executor
-            .cancel(key, mode, "cancelled by the scheduler")
-            .await
-        {
+        match executor.cancel(key, mode, reason).await {
             Ok(()) => {
                 tracing::info!(run_id, key, mode = ?mode, "execution asked to stop");
                 return;

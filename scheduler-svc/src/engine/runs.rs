@@ -117,9 +117,16 @@ impl Engine {
             .spec
             .compile()
             .map_err(|e| SchedulerError::invalid(format!("spec.{}", e.field), e.message))?;
+        // The schedule's own bounds hold for a backfill too: no fire before its start_time
+        // or after its end_time.
+        let from = schedule
+            .policy
+            .start_ms
+            .map_or(start_ms, |s| s.max(start_ms));
+        let to = schedule.policy.end_ms.map_or(end_ms, |e| e.min(end_ms));
         let fires: Vec<i64> = spec
-            .fires_from(start_ms)
-            .take_while(|&f| f <= end_ms)
+            .fires_from(from)
+            .take_while(|&f| f <= to)
             .take(MAX_BACKFILL + 1)
             .collect();
         if fires.len() > MAX_BACKFILL {

@@ -79,6 +79,8 @@ pub enum Effect {
         run_id: String,
         key: String,
         mode: CancelMode,
+        /// Recorded on the execution (and so on the run's error).
+        reason: String,
     },
     /// Send the notification this run owes.
     Notify(String),

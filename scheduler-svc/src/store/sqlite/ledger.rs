@@ -365,6 +365,7 @@ pub async fn apply_update(
                         run_id: run_id.clone(),
                         key: execution_key(run_id, *attempt),
                         mode: crate::model::CancelMode::Terminate,
+                        reason: "the run was cancelled while its attempt was being sent".to_owned(),
                     }]);
                 }
             }

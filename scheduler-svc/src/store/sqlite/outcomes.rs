@@ -271,6 +271,7 @@ pub async fn request_cancels(
                         run_id: run_id.clone(),
                         key,
                         mode: CancelMode::Terminate,
+                        reason: reason.to_owned(),
                     });
                 }
                 if let Some(next) = promote_next(conn, &head.schedule_id, now_ms).await? {
@@ -291,6 +292,7 @@ pub async fn request_cancels(
                     run_id: run_id.clone(),
                     key,
                     mode: *mode,
+                    reason: reason.to_owned(),
                 });
             }
             _ => {}
