@@ -30,6 +30,12 @@ async fn corrupt(db: &std::path::Path, sql: &str, id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_run_fails_an_unreadable_schedule_pauses_and_the_rest_fire() {
+    if almanac_testkit::on_postgres() {
+        // The rows are corrupted through SQLite's file; PostgreSQL's typed columns refuse
+        // most such damage, and the decoding code under test is the same.
+        println!("SKIPPED: corrupts a SQLite file");
+        return;
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let sink = Sink::start().await;
     let executor = start_executor(dir.path()).await;

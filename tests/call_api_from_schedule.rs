@@ -33,6 +33,7 @@ impl SecretExecutor {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let mut config = almanac_executor::config::Config::new(dir.join("executor.db"));
+        config.database_url = almanac_testkit::postgres_database_for(dir, "executor");
         config
             .actions
             .secrets

@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 use almanac_proto::scheduler::v1 as pb;
 use chaos_support::checks::{Grace, World, judge};
 use chaos_support::figures::{Setting, render};
-use chaos_support::procs::{Proc, snapshot_binary};
 use chaos_support::{
     ChaosSchedule, Client, Outage, Service, SinkProc, fetch_ledger, in_flight, now_ms, python,
     read_deliveries,
 };
+use common::procs::{Proc, snapshot_binary};
 use common::{scheduler_client, tool_available};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -76,10 +76,10 @@ struct Services {
 
 impl Services {
     fn start(bin: PathBuf, dir: &Path) -> Services {
-        let executor = Proc::executor(&bin, dir, "127.0.0.1:0");
+        let executor = Proc::executor_of(&bin, dir, "127.0.0.1:0");
         let executor_url = executor.url.clone();
         let executor_port = executor.port();
-        let scheduler = Proc::scheduler(&bin, dir, &executor_url);
+        let scheduler = Proc::scheduler_of(&bin, dir, &executor_url);
         Services {
             bin,
             executor: Some(executor),
@@ -107,9 +107,9 @@ impl Services {
         tokio::time::sleep(down).await;
         let spawn_ms = now_ms();
         *slot = Some(match service {
-            Service::Scheduler => Proc::scheduler(&self.bin, dir, &self.executor_url),
+            Service::Scheduler => Proc::scheduler_of(&self.bin, dir, &self.executor_url),
             Service::Executor => {
-                Proc::executor(&self.bin, dir, &format!("127.0.0.1:{}", self.executor_port))
+                Proc::executor_of(&self.bin, dir, &format!("127.0.0.1:{}", self.executor_port))
             }
         });
         Outage {

@@ -200,11 +200,11 @@ async fn scheduler_killed_while_runs_are_pending_and_running_loses_and_doubles_n
         );
     }
     assert!(
-        scheduler.terminate(),
+        scheduler.terminate() == Some(0),
         "the scheduler stops cleanly on SIGTERM"
     );
     assert!(
-        executor.terminate(),
+        executor.terminate() == Some(0),
         "the executor stops cleanly on SIGTERM"
     );
 }
@@ -250,6 +250,6 @@ async fn executor_killed_mid_action_resumes_under_the_same_idempotency_key() {
         "one key for every call"
     );
     assert_eq!(done.attempts.len(), 1, "one attempt, one execution");
-    assert!(scheduler.terminate());
-    assert!(executor.terminate());
+    assert_eq!(scheduler.terminate(), Some(0));
+    assert_eq!(executor.terminate(), Some(0));
 }

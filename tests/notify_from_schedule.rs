@@ -118,8 +118,6 @@ async fn secrets_never_reach_the_logs_the_events_the_runs_or_the_databases() {
             "executor",
             "--listen",
             "127.0.0.1:0",
-            "--database",
-            dir.path().join("executor.db").to_str().unwrap(),
             "--config",
             config.to_str().unwrap(),
         ],
@@ -131,8 +129,6 @@ async fn secrets_never_reach_the_logs_the_events_the_runs_or_the_databases() {
             "scheduler",
             "--listen",
             "127.0.0.1:0",
-            "--database",
-            dir.path().join("scheduler.db").to_str().unwrap(),
             "--executor",
             &executor.url,
         ],
@@ -238,6 +234,11 @@ async fn secrets_never_reach_the_logs_the_events_the_runs_or_the_databases() {
             places.push((name, std::fs::read(&path).unwrap()));
         }
     }
+    for service in ["executor", "scheduler"] {
+        if let Some(url) = almanac_testkit::postgres_database_for(dir.path(), service) {
+            places.push((format!("{service} database"), postgres_dump(&url).await));
+        }
+    }
     let key_part = key.trim_start_matches("whsec_");
     for (what, bytes) in &places {
         for secret in [key.as_str(), key_part, &slack_url, &token, &password] {
@@ -323,6 +324,7 @@ impl NotifyStack {
         }
         actions.allow_loopback();
         let mut config = almanac_executor::config::Config::new(dir.path().join("executor.db"));
+        config.database_url = almanac_testkit::postgres_database_for(dir.path(), "executor");
         config.actions = actions;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -370,6 +372,7 @@ impl Process {
         let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_almanac"))
             .args(args)
+            .args(common::database_flags(dir, name))
             .env("RUST_LOG", "debug")
             .stdout(Stdio::piped())
             .stderr(log)
@@ -490,4 +493,32 @@ impl Drop for SmtpSink {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Every row of every table of the service schemas in the database at `url`, as text.
+async fn postgres_dump(url: &str) -> Vec<u8> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+    let tables: Vec<(String, String)> = sqlx::query_as(
+        "SELECT table_schema::text, table_name::text FROM information_schema.tables \
+         WHERE table_schema IN ('executor', 'scheduler') AND table_type = 'BASE TABLE'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("list tables");
+    assert!(!tables.is_empty(), "no tables in {url}");
+    let mut dump = Vec::new();
+    for (schema, table) in tables {
+        let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT t::text FROM \"{schema}\".\"{table}\" t"
+        )))
+        .fetch_all(&mut conn)
+        .await
+        .expect("read table");
+        for row in rows {
+            dump.extend_from_slice(row.as_bytes());
+            dump.push(b'\n');
+        }
+    }
+    dump
 }

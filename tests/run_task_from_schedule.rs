@@ -46,6 +46,7 @@ impl InProcessExecutor {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut config = almanac_executor::config::Config::new(dir.join("executor.db"));
+        config.database_url = almanac_testkit::postgres_database_for(dir, "executor");
         config.actions.commands.allow = programs.iter().map(PathBuf::from).collect();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -261,8 +262,8 @@ fn executor_process(dir: &Path, config: &Path) -> (Proc, String) {
         .open(dir.join("executor.log"))
         .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_almanac"))
-        .args(["executor", "--listen", "127.0.0.1:0", "--database"])
-        .arg(dir.join("executor.db"))
+        .args(["executor", "--listen", "127.0.0.1:0"])
+        .args(common::database_flags(dir, "executor"))
         .arg("--config")
         .arg(config)
         .env("RUST_LOG", "info")

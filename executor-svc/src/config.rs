@@ -29,8 +29,12 @@ pub const WATCH_RECHECK: Duration = Duration::from_secs(1);
 /// The executor's configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// SQLite file path (created with its parent directory if missing).
+    /// SQLite file path (created with its parent directory if missing), used when
+    /// `database_url` is `None`.
     pub database_path: PathBuf,
+    /// A PostgreSQL database (`postgres://…` or `postgresql://…`; its tables go in the
+    /// schema `executor`) instead of the SQLite file; any other scheme is a start-up error.
+    pub database_url: Option<String>,
     /// How many executions may run their actions at once (default 256).
     pub max_concurrent_executions: usize,
     /// What actions may use: secrets, SMTP profiles, networks, programs.
@@ -47,11 +51,13 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const MIN_RETENTION: Duration = Duration::from_secs(3600);
 
 impl Config {
-    /// A configuration with the database at `database_path` and the defaults otherwise:
+    /// A configuration with the SQLite database at `database_path` and the defaults
+    /// otherwise (set `database_url` for PostgreSQL):
     /// no secrets, no SMTP profile, no private network, no program.
     pub fn new(database_path: impl Into<PathBuf>) -> Self {
         Self {
             database_path: database_path.into(),
+            database_url: None,
             max_concurrent_executions: 256,
             actions: ActionsConfig::default(),
             retention: DEFAULT_RETENTION,

@@ -84,6 +84,14 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// `--database-url` names a backend this executor does not have.
+    #[error(
+        "unsupported database URL scheme {scheme:?}: use postgres:// or postgresql://, or --database for SQLite"
+    )]
+    DatabaseUrl {
+        /// The scheme of the URL (or the URL's start when it has none).
+        scheme: String,
+    },
     /// The database could not be opened.
     #[error("cannot open the database: {0}")]
     Open(#[source] sqlx::Error),

@@ -3,7 +3,8 @@
 //! every step as a dense, durable event log, and streams it to whoever watches.
 //!
 //! `server::run` wires everything; `engine` holds the use cases, `actions` the dispatch
-//! table, `store` the persistence trait and its SQLite backend, `grpc` the wire.
+//! table, `store` the persistence trait and its SQLite and PostgreSQL backends, `grpc` the
+//! wire.
 
 pub mod actions;
 pub mod config;

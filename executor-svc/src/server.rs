@@ -20,7 +20,7 @@ use crate::config::{Config, SHUTDOWN_GRACE};
 use crate::engine::tasks::Workers;
 use crate::engine::{Clock, Engine, SystemClock};
 use crate::grpc::{ExecutorGrpc, PipelineGrpc, WorkerGrpc};
-use crate::store::{ExecutorStore, SqliteStore};
+use crate::store::{Backend, ExecutorStore};
 
 pub use crate::error::ServerError;
 
@@ -30,7 +30,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let store: Arc<dyn ExecutorStore> = Arc::new(SqliteStore::open(&config.database_path).await?);
+    let backend = Backend::from_config(&config)?;
+    let store: Arc<dyn ExecutorStore> = backend.clone().open().await?;
     let env = ActionEnv::new(config.actions.clone()).map_err(ServerError::HttpClient)?;
     for net in env.egress.allowed() {
         tracing::info!(network = %net, "egress guard: network allowed by configuration");
@@ -109,7 +110,7 @@ pub async fn run(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    tracing::info!(address, resumed, database = %config.database_path.display(), "executor serving");
+    tracing::info!(address, resumed, backend = backend.kind(), database = %backend, "executor serving");
     let served = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)

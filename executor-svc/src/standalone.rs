@@ -35,6 +35,10 @@ pub struct ServeArgs {
         default_value = "./.almanac/executor.db"
     )]
     pub database: PathBuf,
+    /// A PostgreSQL database instead of the SQLite file (`postgres://user:pw@host/db`;
+    /// the executor's tables go in its schema `executor`). Wins over `--database`.
+    #[arg(long, env = "ALMANAC_DATABASE_URL")]
+    pub database_url: Option<String>,
     /// A TOML file of secrets, SMTP profiles, egress and command allow-lists (see
     /// `config::ActionsConfig`); `ALMANAC_SECRET_<NAME>` variables add secrets.
     #[arg(long, env = "ALMANAC_EXECUTOR_CONFIG")]
@@ -70,6 +74,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     let addr = listener.local_addr().map_err(bind_error)?;
     println!("executor listening on http://{addr}");
     let mut config = Config::new(args.database);
+    config.database_url = args.database_url;
     config.max_concurrent_executions = args.max_concurrent_executions;
     config.retention = args.retention;
     config.actions = ActionsConfig::load(args.config.as_deref())?;

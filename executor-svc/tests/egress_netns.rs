@@ -123,6 +123,9 @@ fn non_loopback_destinations_are_refused_inside_a_loopback_only_namespace() {
             "--test-threads=1",
         ])
         .env(IN_NETNS, "1")
+        // A loopback-only namespace cannot reach the PostgreSQL test cluster, and this
+        // test is about the egress guard, not storage: the inner run stays on SQLite.
+        .env_remove("ALMANAC_TEST_BACKEND")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout).unwrap())
         .stderr(std::fs::File::create(&stderr).unwrap())

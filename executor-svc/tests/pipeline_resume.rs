@@ -7,7 +7,6 @@ mod common;
 mod pipeline_support;
 
 use almanac_executor::model::{NodeStatus as StoredNodeStatus, Transition};
-use almanac_executor::store::{ExecutorStore, SqliteStore};
 use almanac_proto::executor::v1::{ExecutionStatus, NodeStatus, WatchExecutionRequest};
 use common::*;
 use pipeline_support::*;
@@ -142,7 +141,7 @@ async fn a_failure_committed_before_a_stop_fails_the_execution_with_its_own_retr
 
     // The process wrote the node's final, permanent failure and died before it could
     // finish the execution.
-    let store = SqliteStore::open(&db).await.unwrap();
+    let store = open_store(&db).await;
     store
         .append(
             &id,

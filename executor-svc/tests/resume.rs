@@ -6,7 +6,6 @@
 mod common;
 
 use almanac_executor::model::CancelMode as StoredCancelMode;
-use almanac_executor::store::{ExecutorStore, SqliteStore};
 use almanac_proto::executor::v1::execution_event::Kind as EventKind;
 use almanac_proto::executor::v1::{
     ExecuteRequest, ExecutionStatus, GetExecutionRequest, NodeStatus, WatchExecutionRequest,
@@ -63,7 +62,7 @@ async fn a_call_in_flight_at_shutdown_completes_after_restart_with_the_same_key(
     let request = execute_request("resume-me", call(&target.url("/first-slow/60000")));
     let id = interrupt_in_flight(&db, &target, request).await;
 
-    let stored = SqliteStore::open(&db).await.unwrap();
+    let stored = open_store(&db).await;
     let left = stored.get_execution(&id).await.unwrap().unwrap();
     assert_eq!(
         left.status.as_str(),
@@ -138,7 +137,7 @@ async fn a_cancel_recorded_before_a_stop_is_honoured_on_restart() {
     let id = interrupt_in_flight(&db, &target, request).await;
 
     // The cancel was committed but the process died before acting on it.
-    let stored = SqliteStore::open(&db).await.unwrap();
+    let stored = open_store(&db).await;
     stored
         .request_cancel(&id, StoredCancelMode::Terminate, "asked before the crash")
         .await

@@ -8,8 +8,11 @@ use crate::engine::EngineConfig;
 /// Where the scheduler keeps its ledger and how it reaches the executor.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The SQLite file (created with its folder if missing).
+    /// The SQLite file (created with its folder if missing), used unless `database_url`
+    /// is set.
     pub database_path: PathBuf,
+    /// A PostgreSQL URL (`postgres://…`): the store lives in its schema `scheduler`.
+    pub database_url: Option<String>,
     /// The executor's gRPC endpoint, e.g. `http://127.0.0.1:50052`.
     pub executor_endpoint: String,
     /// `synchronous=FULL`: survive power loss, not only a process crash.
@@ -25,6 +28,7 @@ impl Config {
     pub fn new(database_path: impl Into<PathBuf>, executor_endpoint: impl Into<String>) -> Self {
         Self {
             database_path: database_path.into(),
+            database_url: None,
             executor_endpoint: executor_endpoint.into(),
             synchronous_full: false,
             engine: EngineConfig::default(),

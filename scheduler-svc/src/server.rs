@@ -15,7 +15,7 @@ use crate::engine::Engine;
 use crate::engine::clock::{Clock, SystemClock};
 use crate::grpc::executor_client::GrpcExecutorClient;
 use crate::grpc::service::SchedulerApi;
-use crate::store::{SqliteStore, StoreError};
+use crate::store::{Location, StoreError};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +28,8 @@ pub enum ServerError {
     },
     #[error("cannot open the store")]
     Store(#[from] StoreError),
+    #[error("unsupported database url scheme {scheme:?}: use postgres:// or postgresql://")]
+    DatabaseScheme { scheme: String },
     #[error("bad executor endpoint {endpoint:?}")]
     Endpoint {
         endpoint: String,
@@ -56,7 +58,9 @@ pub async fn run_with_clock(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let store = Arc::new(SqliteStore::open(&config.database_path, config.synchronous_full).await?);
+    let location = Location::choose(config.database_url.as_deref(), &config.database_path)
+        .map_err(|scheme| ServerError::DatabaseScheme { scheme })?;
+    let store = location.open(config.synchronous_full).await?;
     let client = GrpcExecutorClient::connect_lazy(&config.executor_endpoint).map_err(|source| {
         ServerError::Endpoint {
             endpoint: config.executor_endpoint.clone(),
@@ -83,7 +87,7 @@ pub async fn run_with_clock(
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     tracing::info!(address = ?listener.local_addr().ok(), executor = %config.executor_endpoint,
-        database = %config.database_path.display(), "scheduler serving");
+        database = %location.describe(), "scheduler serving");
     let served = Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use crate::config::Config;
 use crate::server::{self, ServerError};
+use crate::store::Location;
 use crate::telemetry::{self, LogFormat};
 
 /// The flags of a standalone scheduler (the executor's endpoint is given apart, because
@@ -25,6 +26,10 @@ pub struct ServeArgs {
         default_value = "./.almanac/scheduler.db"
     )]
     pub database: PathBuf,
+    /// PostgreSQL URL (`postgres://user@host/db`) of the scheduler's store (schema
+    /// `scheduler`); wins over `--database`.
+    #[arg(long, env = "ALMANAC_DATABASE_URL")]
+    pub database_url: Option<String>,
     /// Use synchronous=FULL: commits survive power loss, not only a process crash.
     #[arg(long, env = "ALMANAC_SYNCHRONOUS_FULL")]
     pub synchronous_full: bool,
@@ -37,6 +42,9 @@ pub struct ServeArgs {
 /// serves until SIGINT/SIGTERM (a second signal exits at once).
 pub async fn serve(args: ServeArgs, executor_endpoint: String) -> Result<(), ServerError> {
     telemetry::init(args.log_format);
+    // A database URL no backend serves is refused before anything is bound.
+    Location::choose(args.database_url.as_deref(), &args.database)
+        .map_err(|scheme| ServerError::DatabaseScheme { scheme })?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -50,5 +58,6 @@ pub async fn serve(args: ServeArgs, executor_endpoint: String) -> Result<(), Ser
     println!("scheduler listening on http://{addr}");
     let mut config = Config::new(args.database, executor_endpoint);
     config.synchronous_full = args.synchronous_full;
+    config.database_url = args.database_url;
     server::run(config, listener, telemetry::shutdown_signal()).await
 }

@@ -1,13 +1,12 @@
 //! The chaos test's world: its schedules (a mix of overlap and catch-up policies), the
 //! outages it causes, the sink process that records every delivery, and reading the
-//! ledger back. The services' processes are in `procs.rs`, the checks that judge the
-//! outcome in `checks.rs`, the figures in `figures.rs`.
+//! ledger back. The services run as `tests/common/procs.rs` processes; the checks that
+//! judge the outcome are in `checks.rs`, the figures in `figures.rs`.
 
 #![allow(dead_code)]
 
 pub mod checks;
 pub mod figures;
-pub mod procs;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

@@ -7,6 +7,19 @@
 pub mod procs;
 pub mod sink;
 
+/// The flags naming a service's database for a process under test: `--database
+/// <dir>/<service>.db` on SQLite, `--database-url …` on PostgreSQL
+/// (`ALMANAC_TEST_BACKEND=postgres`; a restarted service gets the same database).
+pub fn database_flags(dir: &std::path::Path, service: &str) -> Vec<String> {
+    match almanac_testkit::postgres_database_for(dir, service) {
+        Some(url) => vec!["--database-url".into(), url],
+        None => vec![
+            "--database".into(),
+            dir.join(format!("{service}.db")).display().to_string(),
+        ],
+    }
+}
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -71,6 +84,7 @@ pub async fn start_executor_at(dir: &Path, addr: &str) -> Service {
     let (listener, addr) = bind(addr).await;
     let (stop, stopped) = oneshot::channel::<()>();
     let mut config = almanac_executor::config::Config::new(dir.join("executor.db"));
+    config.database_url = almanac_testkit::postgres_database_for(dir, "executor");
     // The tests' targets live on loopback, which the egress guard refuses by default.
     config.actions.egress.allow = vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
     let task = tokio::spawn(async move {
@@ -111,6 +125,7 @@ pub async fn start_scheduler_tuned(
     let (listener, addr) = bind("127.0.0.1:0").await;
     let (stop, stopped) = oneshot::channel::<()>();
     let mut config = almanac_scheduler::config::Config::new(dir.join("scheduler.db"), executor);
+    config.database_url = almanac_testkit::postgres_database_for(dir, "scheduler");
     tune(&mut config);
     let task = tokio::spawn(async move {
         let shutdown = async {

@@ -1,11 +1,13 @@
 //! The services as real processes (`almanac scheduler` / `almanac executor`), for tests
 //! whose claim is "survives a crash": they are killed with SIGKILL, not asked to stop.
+//! A long test runs a snapshot of the binary (`snapshot_binary`), so that a rebuild
+//! during its minutes cannot mix two builds across restarts.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -18,10 +20,38 @@ pub struct Proc {
     pub name: String,
 }
 
+/// Copies the `almanac` binary cargo built for this test into `dir` (retrying for a few
+/// seconds while a concurrent build relinks it).
+pub fn snapshot_binary(dir: &Path) -> PathBuf {
+    let built = env!("CARGO_BIN_EXE_almanac");
+    let copy = dir.join("almanac-under-test");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match std::fs::copy(built, &copy) {
+            Ok(_) => return copy,
+            Err(e) if Instant::now() > deadline => panic!("cannot copy {built}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+fn built() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_almanac"))
+}
+
 impl Proc {
     /// `almanac executor` on `listen` with its database in `dir`.
     pub fn executor(dir: &Path, listen: &str) -> Proc {
-        let db = dir.join("executor.db");
+        Self::executor_of(built(), dir, listen)
+    }
+
+    /// `almanac scheduler` with its ledger in `dir`, sending to `executor`.
+    pub fn scheduler(dir: &Path, executor: &str) -> Proc {
+        Self::scheduler_of(built(), dir, executor)
+    }
+
+    /// `executor` run from the binary `bin`.
+    pub fn executor_of(bin: &Path, dir: &Path, listen: &str) -> Proc {
         // The tests' targets live on loopback, which the egress guard refuses by default.
         let config = dir.join("executor.toml");
         std::fs::write(
@@ -30,13 +60,12 @@ impl Proc {
         )
         .expect("write the executor's configuration");
         spawn(
+            bin,
             "executor",
             &[
                 "executor",
                 "--listen",
                 listen,
-                "--database",
-                db.to_str().unwrap(),
                 "--config",
                 config.to_str().unwrap(),
             ],
@@ -44,17 +73,15 @@ impl Proc {
         )
     }
 
-    /// `almanac scheduler` with its ledger in `dir`, sending to `executor`.
-    pub fn scheduler(dir: &Path, executor: &str) -> Proc {
-        let db = dir.join("scheduler.db");
+    /// `scheduler` run from the binary `bin`.
+    pub fn scheduler_of(bin: &Path, dir: &Path, executor: &str) -> Proc {
         spawn(
+            bin,
             "scheduler",
             &[
                 "scheduler",
                 "--listen",
                 "127.0.0.1:0",
-                "--database",
-                db.to_str().unwrap(),
                 "--executor",
                 executor,
             ],
@@ -77,16 +104,18 @@ impl Proc {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM, then waits for a clean exit; returns whether it exited 0 in time.
-    pub fn terminate(mut self) -> bool {
+    /// SIGTERM, then waits (at most 30 s) for it to exit; returns its exit code, or
+    /// `None` when it did not exit in time (it is then killed by `Drop`).
+    pub fn terminate(mut self) -> Option<i32> {
         let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-        for _ in 0..300 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return status.success();
+                return Some(status.code().unwrap_or(-1));
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(50));
         }
-        false
+        None
     }
 }
 
@@ -97,19 +126,20 @@ impl Drop for Proc {
     }
 }
 
-fn spawn(name: &str, args: &[&str], dir: &Path) -> Proc {
+fn spawn(bin: &Path, name: &str, args: &[&str], dir: &Path) -> Proc {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join(format!("{name}.log")))
         .expect("log file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_almanac"))
+    let mut child = Command::new(bin)
         .args(args)
+        .args(super::database_flags(dir, name))
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
-        .expect("spawn almanac");
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
     // The first stdout line says where it listens: "<name> listening on http://ADDR".
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = mpsc::channel();

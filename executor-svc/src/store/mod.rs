@@ -1,10 +1,18 @@
 //! The executor's storage: one object-safe trait (`ExecutorStore`, used as
-//! `Arc<dyn ExecutorStore>`) and one module per backend. Each method is one use case and
-//! one transaction, so backends agree on what is atomic; the engine never sees SQL.
+//! `Arc<dyn ExecutorStore>`), one module per backend (SQLite, PostgreSQL) sharing the row
+//! codecs of `rows`, and `select`, which picks the backend a configuration names. Each
+//! method is one use case and one transaction, so backends agree on what is atomic; the
+//! engine never sees SQL.
 
 pub mod pipelines;
+pub mod postgres;
+mod rows;
+mod select;
 pub mod sqlite;
 pub mod tasks;
+
+#[cfg(test)]
+mod conformance;
 
 use async_trait::async_trait;
 
@@ -14,6 +22,8 @@ use crate::model::{
 };
 
 pub use pipelines::PipelineStore;
+pub use postgres::PostgresStore;
+pub use select::{Backend, redact_url};
 pub use sqlite::SqliteStore;
 pub use tasks::TaskStore;
 

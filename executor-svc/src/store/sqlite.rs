@@ -4,7 +4,6 @@
 //! read pool so API reads never wait behind writes.
 
 mod pipelines;
-mod rows;
 mod tasks;
 
 use std::path::Path;
@@ -15,13 +14,14 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{SqlitePool, SqliteTransaction};
 
 use super::ExecutorStore;
+use super::rows::{
+    EXECUTION_COLUMNS, NODE_RUN_COLUMNS, encode_json, event_from_row, execution_from_row,
+    node_run_from_row,
+};
 use crate::error::{ExecutorError, ServerError};
 use crate::model::{
     CancelMode, Event, EventKind, ExecutionRecord, ExecutionStatus, ListQuery, NewExecution,
     NodeRunRecord, NodeStatus, Transition,
-};
-use rows::{
-    EXECUTION_COLUMNS, NODE_RUN_COLUMNS, encode_json, execution_from_row, node_run_from_row,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/executor/sqlite");
@@ -243,7 +243,7 @@ impl ExecutorStore for SqliteStore {
         .await
         .map_err(classify)?;
         rows.iter()
-            .map(|row| rows::event_from_row(execution_id, row))
+            .map(|row| event_from_row(execution_id, row))
             .collect()
     }
 
@@ -500,6 +500,3 @@ async fn apply(
     };
     result.map(|_| ()).map_err(classify)
 }
-
-#[cfg(test)]
-mod tests;

@@ -189,6 +189,17 @@ pub enum TaskUpdate {
     NotApplied(Option<TaskRecord>),
 }
 
+impl TaskUpdate {
+    /// The outcome of a conditional change that changed `changed` rows, given the task
+    /// as it is after it.
+    pub fn from_change(changed: u64, task: Option<TaskRecord>) -> Self {
+        match task {
+            Some(task) if changed == 1 => Self::Applied(task),
+            other => Self::NotApplied(other),
+        }
+    }
+}
+
 /// A command's process group, recorded while it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessGroupRecord {

@@ -1,4 +1,6 @@
-//! Shared test harness: a real executor on 127.0.0.1:0 with a SQLite file in a tempdir,
+//! Shared test harness: a real executor on 127.0.0.1:0 with a SQLite file in a tempdir
+//! (or, under `ALMANAC_TEST_BACKEND=postgres`, a PostgreSQL database of its own on the
+//! cluster named by `ALMANAC_TEST_POSTGRES_URL`, kept for restarts on the same path),
 //! a real gRPC client, and a small axum HTTP target on loopback that records every
 //! request it receives (method, path, headers, body).
 #![allow(dead_code)]
@@ -10,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use almanac_executor::store::{Backend, ExecutorStore};
 use almanac_executor::{Config, ServerError, server};
 use almanac_proto::executor::v1::execution_event::Kind as EventKind;
 use almanac_proto::executor::v1::executor_service_client::ExecutorServiceClient;
@@ -52,8 +55,11 @@ impl Executor {
 
     /// Starts an executor on a fresh port with exactly `config` (the egress guard lets
     /// through only what `config.actions.egress.allow` lists: by default, no loopback).
-    pub async fn start_exact(config: Config) -> Self {
+    pub async fn start_exact(mut config: Config) -> Self {
         let db = config.database_path.clone();
+        if config.database_url.is_none() {
+            config.database_url = postgres_url_for(&db).await;
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
@@ -93,6 +99,40 @@ impl Executor {
             .expect("the server task does not panic");
         result.expect("run returns Ok after shutdown");
     }
+}
+
+/// Whether the tests run on PostgreSQL (`ALMANAC_TEST_BACKEND=postgres`) instead of SQLite.
+pub fn on_postgres() -> bool {
+    std::env::var("ALMANAC_TEST_BACKEND").is_ok_and(|b| b == "postgres")
+}
+
+/// Under `ALMANAC_TEST_BACKEND=postgres`, the database standing for the SQLite file `db`:
+/// a fresh one the first time, whose URL is kept in a file next to `db`, so a restart of
+/// "the same" executor (same `db` path) finds the same data. `None` on SQLite.
+pub async fn postgres_url_for(db: &Path) -> Option<String> {
+    if !on_postgres() {
+        return None;
+    }
+    let keep = db.with_extension("postgres-url");
+    if let Ok(url) = std::fs::read_to_string(&keep) {
+        return Some(url);
+    }
+    let url = almanac_testkit::fresh_postgres_database()
+        .await
+        .expect("ALMANAC_TEST_BACKEND=postgres needs ALMANAC_TEST_POSTGRES_URL");
+    if let Some(dir) = keep.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(&keep, &url).unwrap();
+    Some(url)
+}
+
+/// The store an executor started on `db` uses (SQLite there, or its PostgreSQL database),
+/// opened directly: tests use it to set up or inspect what a process left.
+pub async fn open_store(db: &Path) -> Arc<dyn ExecutorStore> {
+    let mut config = Config::new(db);
+    config.database_url = postgres_url_for(db).await;
+    Backend::from_config(&config).unwrap().open().await.unwrap()
 }
 
 /// One request the target received.

@@ -7,6 +7,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -111,6 +113,28 @@ impl Timer {
         }
     }
 
+    /// Records claimed schedules' next fires and starts what the claims ask for.
+    fn apply_claims(&self, claimed: Vec<crate::store::Claimed>, effects: &Effects) {
+        {
+            let mut index = self.index();
+            for c in &claimed {
+                index.set(&c.schedule_id, c.next_fire_ms);
+            }
+        }
+        let mut fired = 0usize;
+        for c in claimed {
+            fired += c.dispatch.len();
+            effects.apply(
+                c.dispatch
+                    .into_iter()
+                    .map(crate::store::Effect::Dispatch)
+                    .collect(),
+            );
+            effects.apply(c.effects);
+        }
+        tracing::debug!(dispatched = fired, "claimed due fires");
+    }
+
     async fn run(
         &self,
         store: Arc<dyn SchedulerStore>,
@@ -158,35 +182,29 @@ impl Timer {
                     in_flight: in_flight.clone(),
                 }))
             };
-            match store.claim_due(&due, now_ms, &planner).await {
-                Ok(claimed) => {
-                    let mut fired = 0usize;
-                    {
-                        let mut index = self.index();
-                        for c in &claimed {
-                            index.set(&c.schedule_id, c.next_fire_ms);
-                        }
+            // Disjoint chunks claimed concurrently where the store allows it (PostgreSQL);
+            // each chunk in id order, the order every ledger transaction locks schedules
+            // in, so two transactions never wait on each other in a cycle.
+            let mut due = due;
+            due.sort_unstable();
+            let chunk = due.len().div_ceil(store.claim_parallelism().max(1));
+            let mut claims: FuturesUnordered<_> = due
+                .chunks(chunk)
+                .map(|ids| store.claim_due(ids, now_ms, &planner))
+                .collect();
+            let mut failed = false;
+            while let Some(result) = claims.next().await {
+                match result {
+                    Ok(claimed) => self.apply_claims(claimed, &effects),
+                    Err(e) => {
+                        tracing::warn!(error = %e, schedules = due.len(), "claim failed; retrying");
+                        failed = true;
                     }
-                    for c in claimed {
-                        fired += c.dispatch.len();
-                        effects.apply(
-                            c.dispatch
-                                .into_iter()
-                                .map(crate::store::Effect::Dispatch)
-                                .collect(),
-                        );
-                        effects.apply(c.effects);
-                    }
-                    tracing::debug!(
-                        schedules = due.len(),
-                        dispatched = fired,
-                        "claimed due fires"
-                    );
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, schedules = due.len(), "claim failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
+            }
+            drop(claims);
+            if failed {
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }

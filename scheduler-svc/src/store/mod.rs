@@ -2,10 +2,18 @@
 //! that decides something — a claim, a trigger, a schedule change — runs inside one
 //! transaction under the schedule's lock, with the decision made by a pure function the
 //! engine passes in, so the database constraint and the decision see the same rows.
+//! SQLite (the default) and PostgreSQL share their statements (`sql`); `open` picks one.
 
+mod postgres;
+mod sql;
 mod sqlite;
 
-pub use sqlite::SqliteStore;
+#[cfg(test)]
+mod conformance;
+
+pub use postgres::{PostgresDb, PostgresStore, redacted as redacted_url};
+pub use sql::store::SqlStore;
+pub use sqlite::{SqliteDb, SqliteStore};
 
 use async_trait::async_trait;
 
@@ -147,6 +155,11 @@ pub trait SchedulerStore: Send + Sync + 'static {
     /// Claims the due fires of `ids` in one transaction: for each schedule that is
     /// ACTIVE with a next fire at or before `now_ms`, runs `plan` and writes its rows and
     /// the schedule's next fire. Returns one `Claimed` per id asked about.
+    /// How many `claim_due` calls may usefully run at once, over disjoint schedules.
+    fn claim_parallelism(&self) -> usize {
+        1
+    }
+
     async fn claim_due(
         &self,
         ids: &[String],
@@ -257,4 +270,49 @@ pub trait SchedulerStore: Send + Sync + 'static {
 
     /// Records how a run's notification ended (SENT, or FAILED with the error).
     async fn notification_done(&self, run_id: &str, error: Option<&str>) -> Result<(), StoreError>;
+}
+
+/// Where the scheduler keeps its ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location<'a> {
+    /// A SQLite file.
+    Sqlite(&'a std::path::Path),
+    /// A PostgreSQL URL (`postgres://` or `postgresql://`).
+    Postgres(&'a str),
+}
+
+impl<'a> Location<'a> {
+    /// The database URL if one is given (it must name PostgreSQL), else the SQLite file.
+    /// `Err` names the scheme of a URL no backend serves.
+    pub fn choose(url: Option<&'a str>, path: &'a std::path::Path) -> Result<Self, String> {
+        let Some(url) = url else {
+            return Ok(Self::Sqlite(path));
+        };
+        match url.split_once("://").map(|(scheme, _)| scheme) {
+            Some("postgres" | "postgresql") => Ok(Self::Postgres(url)),
+            Some(scheme) => Err(scheme.to_owned()),
+            None => Err(String::new()),
+        }
+    }
+
+    /// How the location appears in logs: the file, or the URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite(path) => format!("sqlite:{}", path.display()),
+            Self::Postgres(url) => redacted_url(url),
+        }
+    }
+
+    /// Opens the store there (applying its migrations).
+    pub async fn open(
+        &self,
+        synchronous_full: bool,
+    ) -> Result<std::sync::Arc<dyn SchedulerStore>, StoreError> {
+        Ok(match self {
+            Self::Sqlite(path) => {
+                std::sync::Arc::new(SqliteStore::open(path, synchronous_full).await?)
+            }
+            Self::Postgres(url) => std::sync::Arc::new(PostgresStore::connect(url).await?),
+        })
+    }
 }

@@ -4,20 +4,11 @@
 use almanac_proto::executor::v1::Pipeline;
 use almanac_proto::time::ms_to_timestamp;
 use async_trait::async_trait;
-use sqlx::Row;
 
 use super::{SqliteStore, classify};
 use crate::error::ExecutorError;
 use crate::store::pipelines::{Breaker, PipelineStore};
-
-fn decode(text: &str) -> Result<Pipeline, ExecutorError> {
-    serde_json::from_str(text)
-        .map_err(|e| ExecutorError::Corrupt(format!("pipelines.definition: {e}")))
-}
-
-fn encode(pipeline: &Pipeline) -> Result<String, ExecutorError> {
-    serde_json::to_string(pipeline).map_err(|e| ExecutorError::Corrupt(format!("pipeline: {e}")))
-}
+use crate::store::rows::{StoreRow, breaker_from_row, decode_pipeline, encode_json};
 
 #[async_trait]
 impl PipelineStore for SqliteStore {
@@ -67,7 +58,7 @@ impl PipelineStore for SqliteStore {
         )
         .bind(&stored.id)
         .bind(version)
-        .bind(encode(&stored)?)
+        .bind(encode_json(&stored)?)
         .bind(now_ms)
         .execute(&mut *tx)
         .await
@@ -90,7 +81,7 @@ impl PipelineStore for SqliteStore {
         .fetch_optional(&self.readers)
         .await
         .map_err(classify)?;
-        row.map(|r| decode(&r.get::<String, _>("definition")))
+        row.map(|r| decode_pipeline(&r.text("definition")?))
             .transpose()
     }
 
@@ -112,7 +103,7 @@ impl PipelineStore for SqliteStore {
         .await
         .map_err(classify)?;
         rows.iter()
-            .map(|r| decode(&r.get::<String, _>("definition")))
+            .map(|r| decode_pipeline(&r.text("definition")?))
             .collect()
     }
 
@@ -142,10 +133,8 @@ impl PipelineStore for SqliteStore {
         .fetch_optional(&self.readers)
         .await
         .map_err(classify)?;
-        Ok(row.map_or_else(Breaker::default, |r| Breaker {
-            consecutive_failures: r.get::<i64, _>("consecutive_failures") as u32,
-            opened_ms: r.get("opened_ms"),
-        }))
+        row.as_ref()
+            .map_or(Ok(Breaker::default()), breaker_from_row)
     }
 
     async fn record_breaker(
@@ -165,10 +154,9 @@ impl PipelineStore for SqliteStore {
         .fetch_optional(&mut *tx)
         .await
         .map_err(classify)?;
-        let before = row.map_or_else(Breaker::default, |r| Breaker {
-            consecutive_failures: r.get::<i64, _>("consecutive_failures") as u32,
-            opened_ms: r.get("opened_ms"),
-        });
+        let before = row
+            .as_ref()
+            .map_or(Ok(Breaker::default()), breaker_from_row)?;
         let after = if failed {
             let failures = before.consecutive_failures.saturating_add(1);
             Breaker {

@@ -1,26 +1,18 @@
 //! The SQLite side of `TaskStore`. A claim is one `BEGIN IMMEDIATE` transaction (select
 //! the oldest available task, lease it): the single writer connection serialises claims,
-//! so two pollers never get the same task. A PostgreSQL backend would do the same in one
-//! statement, `UPDATE … WHERE id = (SELECT id … ORDER BY created_ms FOR UPDATE SKIP LOCKED
-//! LIMIT 1) RETURNING …`, with the same availability predicate.
+//! so two pollers never get the same task. (The PostgreSQL backend does the same in one
+//! statement with `FOR UPDATE SKIP LOCKED` and the same availability predicate.)
 
-use almanac_proto::executor::v1::Origin;
 use async_trait::async_trait;
-use serde_json::Value;
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 
 use super::{SqliteStore, classify};
 use crate::error::ExecutorError;
-use crate::store::tasks::{
-    NewTask, ProcessGroupRecord, TaskEnd, TaskGuard, TaskRecord, TaskStatus, TaskStore, TaskUpdate,
+use crate::store::rows::{
+    PROCESS_GROUP_COLUMNS, TASK_COLUMNS, encode_json, process_group_from_row, task_from_row,
 };
-
-const TASK_COLUMNS: &str = "id, execution_id, node_id, try_number, queue, payload, \
-     idempotency_key, origin, deadline_ms, status, deliveries, max_deliveries, lease_id, \
-     worker_id, lease_expires_ms, heartbeat_timeout_ms, schedule_to_start_ms, \
-     start_to_close_ms, created_ms, started_ms, leased_ms, close_deadline_ms, ended_ms, \
-     result, error, retryable";
+use crate::store::tasks::{
+    NewTask, ProcessGroupRecord, TaskEnd, TaskGuard, TaskRecord, TaskStore, TaskUpdate,
+};
 
 /// A task a poll may take at `?2` from the queues of the JSON array `?1`: QUEUED within
 /// its schedule-to-start timeout, or LEASED under an expired lease with deliveries left,
@@ -38,68 +30,6 @@ const AVAILABLE_LATER: &str = "queue IN (SELECT value FROM json_each(?1)) AND (
     OR (status = 'LEASED' AND deliveries < max_deliveries
         AND (schedule_to_start_ms IS NULL OR lease_expires_ms + schedule_to_start_ms > ?2)))";
 
-fn corrupt(column: &str, e: impl std::fmt::Display) -> ExecutorError {
-    ExecutorError::Corrupt(format!("tasks.{column}: {e}"))
-}
-
-fn get<'r, T>(row: &'r SqliteRow, column: &str) -> Result<T, ExecutorError>
-where
-    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
-{
-    row.try_get(column).map_err(|e| corrupt(column, e))
-}
-
-fn get_u32(row: &SqliteRow, column: &str) -> Result<u32, ExecutorError> {
-    u32::try_from(get::<i64>(row, column)?).map_err(|e| corrupt(column, e))
-}
-
-fn json_text<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, ExecutorError> {
-    serde_json::to_string(value).map_err(|e| ExecutorError::Corrupt(format!("encode json: {e}")))
-}
-
-fn task_from_row(row: &SqliteRow) -> Result<TaskRecord, ExecutorError> {
-    let payload: String = get(row, "payload")?;
-    let origin: Option<String> = get(row, "origin")?;
-    let result: Option<String> = get(row, "result")?;
-    let status: String = get(row, "status")?;
-    Ok(TaskRecord {
-        spec: NewTask {
-            id: get(row, "id")?,
-            execution_id: get(row, "execution_id")?,
-            node_id: get(row, "node_id")?,
-            try_number: get_u32(row, "try_number")?,
-            queue: get(row, "queue")?,
-            payload: serde_json::from_str(&payload).map_err(|e| corrupt("payload", e))?,
-            idempotency_key: get(row, "idempotency_key")?,
-            origin: origin
-                .map(|text| serde_json::from_str::<Origin>(&text))
-                .transpose()
-                .map_err(|e| corrupt("origin", e))?,
-            deadline_ms: get(row, "deadline_ms")?,
-            max_deliveries: get_u32(row, "max_deliveries")?,
-            heartbeat_timeout_ms: get(row, "heartbeat_timeout_ms")?,
-            schedule_to_start_ms: get(row, "schedule_to_start_ms")?,
-            start_to_close_ms: get(row, "start_to_close_ms")?,
-            created_ms: get(row, "created_ms")?,
-        },
-        status: TaskStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
-        deliveries: get_u32(row, "deliveries")?,
-        lease_id: get(row, "lease_id")?,
-        worker_id: get(row, "worker_id")?,
-        lease_expires_ms: get(row, "lease_expires_ms")?,
-        started_ms: get(row, "started_ms")?,
-        leased_ms: get(row, "leased_ms")?,
-        close_deadline_ms: get(row, "close_deadline_ms")?,
-        ended_ms: get(row, "ended_ms")?,
-        result: result
-            .map(|text| serde_json::from_str::<Value>(&text))
-            .transpose()
-            .map_err(|e| corrupt("result", e))?,
-        error: get(row, "error")?,
-        retryable: get(row, "retryable")?,
-    })
-}
-
 async fn fetch_task<'c, E>(executor: E, id: &str) -> Result<Option<TaskRecord>, ExecutorError>
 where
     E: sqlx::Executor<'c, Database = sqlx::Sqlite>,
@@ -116,8 +46,8 @@ where
 #[async_trait]
 impl TaskStore for SqliteStore {
     async fn insert_task(&self, task: &NewTask) -> Result<(TaskRecord, bool), ExecutorError> {
-        let payload = json_text(&task.payload)?;
-        let origin = task.origin.as_ref().map(json_text).transpose()?;
+        let payload = encode_json(&task.payload)?;
+        let origin = task.origin.as_ref().map(encode_json).transpose()?;
         let mut tx = self.begin_write().await?;
         let inserted = sqlx::query(
             "INSERT INTO tasks (id, execution_id, node_id, try_number, queue, payload,
@@ -165,14 +95,12 @@ impl TaskStore for SqliteStore {
             "SELECT MIN(CASE WHEN status = 'QUEUED' THEN created_ms ELSE lease_expires_ms END)
              FROM tasks WHERE {AVAILABLE_LATER}"
         );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(json_text(queues)?)
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(encode_json(queues)?)
             .bind(now_ms)
             .fetch_one(&self.readers)
             .await
-            .map_err(classify)?;
-        row.try_get::<Option<i64>, _>(0)
-            .map_err(|e| corrupt("lease_expires_ms", e))
+            .map_err(classify)
     }
 
     async fn claim_task(
@@ -185,7 +113,7 @@ impl TaskStore for SqliteStore {
         let mut tx = self.begin_write().await?;
         let sql = format!("SELECT id FROM tasks WHERE {AVAILABLE} ORDER BY created_ms, id LIMIT 1");
         let found: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .bind(json_text(queues)?)
+            .bind(encode_json(queues)?)
             .bind(now_ms)
             .fetch_optional(&mut *tx)
             .await
@@ -232,7 +160,7 @@ impl TaskStore for SqliteStore {
         .rows_affected();
         let task = fetch_task(&mut *tx, id).await?;
         tx.commit().await.map_err(classify)?;
-        Ok(update(changed, task))
+        Ok(TaskUpdate::from_change(changed, task))
     }
 
     async fn end_task(
@@ -250,7 +178,7 @@ impl TaskStore for SqliteStore {
             TaskGuard::ExpiredLease(l) => ("expired", l.as_str()),
         };
         let (result, error, retryable) = match end {
-            TaskEnd::Completed(result) => (Some(json_text(result)?), "", false),
+            TaskEnd::Completed(result) => (Some(encode_json(result)?), "", false),
             TaskEnd::Failed { error, retryable } => (None, error.as_str(), *retryable),
             TaskEnd::TimedOut(error) => (None, error.as_str(), true),
             TaskEnd::Cancelled(error) => (None, error.as_str(), false),
@@ -280,7 +208,7 @@ impl TaskStore for SqliteStore {
         .rows_affected();
         let task = fetch_task(&mut *tx, id).await?;
         tx.commit().await.map_err(classify)?;
-        Ok(update(changed, task))
+        Ok(TaskUpdate::from_change(changed, task))
     }
 
     async fn cancel_tasks_of_finished_executions(&self, now_ms: i64) -> Result<u64, ExecutorError> {
@@ -334,37 +262,12 @@ impl TaskStore for SqliteStore {
     }
 
     async fn process_groups(&self) -> Result<Vec<ProcessGroupRecord>, ExecutorError> {
-        let rows = sqlx::query(
-            "SELECT pgid, start_time, boot_id, execution_id, node_id, program, recorded_ms
-             FROM process_groups ORDER BY recorded_ms",
-        )
-        .fetch_all(&self.readers)
-        .await
-        .map_err(classify)?;
-        rows.iter()
-            .map(|row| {
-                Ok(ProcessGroupRecord {
-                    pgid: get(row, "pgid")?,
-                    start_time: u64::try_from(get::<i64>(row, "start_time")?)
-                        .map_err(|e| corrupt("start_time", e))?,
-                    boot_id: get(row, "boot_id")?,
-                    execution_id: get(row, "execution_id")?,
-                    node_id: get(row, "node_id")?,
-                    program: get(row, "program")?,
-                    recorded_ms: get(row, "recorded_ms")?,
-                })
-            })
-            .collect()
+        let sql =
+            format!("SELECT {PROCESS_GROUP_COLUMNS} FROM process_groups ORDER BY recorded_ms");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.readers)
+            .await
+            .map_err(classify)?;
+        rows.iter().map(process_group_from_row).collect()
     }
 }
-
-fn update(changed: u64, task: Option<TaskRecord>) -> TaskUpdate {
-    match task {
-        Some(task) if changed == 1 => TaskUpdate::Applied(task),
-        other => TaskUpdate::NotApplied(other),
-    }
-}
-
-#[cfg(test)]
-#[path = "tasks_tests.rs"]
-mod tests;

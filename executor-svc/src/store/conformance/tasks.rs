@@ -1,23 +1,18 @@
-//! The SQLite task store on a real file: insert-if-absent, claims (oldest first, each task
-//! to one poller even under concurrency), expired leases re-leased up to
+//! Tasks on every backend: insert-if-absent (also under concurrency), claims (oldest
+//! first, each task to one poller even under concurrency), expired leases re-leased up to
 //! `max_deliveries`, schedule-to-start, the guards of every change, the start-up sweep,
 //! and process group records.
 
 use serde_json::json;
 
-use super::*;
+use crate::error::ExecutorError;
 use crate::model::{ExecutionStatus, NewExecution, Transition};
 use crate::store::ExecutorStore;
+use crate::store::tasks::{
+    NewTask, ProcessGroupRecord, TaskEnd, TaskGuard, TaskRecord, TaskStatus, TaskUpdate,
+};
 
-async fn open() -> (tempfile::TempDir, SqliteStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("executor.db"))
-        .await
-        .unwrap();
-    (dir, store)
-}
-
-async fn execution(store: &SqliteStore, id: &str) {
+async fn execution(store: &dyn ExecutorStore, id: &str) {
     store
         .create_execution(&NewExecution {
             id: id.into(),
@@ -63,10 +58,10 @@ fn applied(update: TaskUpdate) -> TaskRecord {
     }
 }
 
-#[tokio::test]
-async fn insert_is_if_absent_and_returns_the_stored_task() {
-    let (_dir, store) = open().await;
-    execution(&store, "e").await;
+conformance! {
+async fn insert_is_if_absent_and_returns_the_stored_task(h) {
+    let store = h.open().await;
+    execution(&*store, "e").await;
     let (first, inserted) = store.insert_task(&task("t", "e", "q", 5)).await.unwrap();
     assert!(inserted);
     assert_eq!(first.status, TaskStatus::Queued);
@@ -78,10 +73,9 @@ async fn insert_is_if_absent_and_returns_the_stored_task() {
     assert_eq!(second, first, "the stored task wins");
 }
 
-#[tokio::test]
-async fn claims_lease_the_oldest_available_task_of_the_polled_queues() {
-    let (_dir, store) = open().await;
-    execution(&store, "e").await;
+async fn claims_lease_the_oldest_available_task_of_the_polled_queues(h) {
+    let store = h.open().await;
+    execution(&*store, "e").await;
     for (id, queue, at) in [("new", "a", 20), ("old", "a", 10), ("elsewhere", "b", 0)] {
         store.insert_task(&task(id, "e", queue, at)).await.unwrap();
     }
@@ -118,10 +112,9 @@ async fn claims_lease_the_oldest_available_task_of_the_polled_queues() {
     );
 }
 
-#[tokio::test]
-async fn concurrent_claims_never_lease_one_task_twice() {
-    let (_dir, store) = open().await;
-    execution(&store, "e").await;
+async fn concurrent_claims_never_lease_one_task_twice(h) {
+    let store = h.open().await;
+    execution(&*store, "e").await;
     for i in 0..20 {
         store
             .insert_task(&task(&format!("t{i:02}"), "e", "q", i))
@@ -148,10 +141,9 @@ async fn concurrent_claims_never_lease_one_task_twice() {
     assert_eq!(got, expected, "each task exactly once");
 }
 
-#[tokio::test]
-async fn an_expired_lease_is_re_leased_until_max_deliveries() {
-    let (_dir, store) = open().await;
-    execution(&store, "e").await;
+async fn an_expired_lease_is_re_leased_until_max_deliveries(h) {
+    let store = h.open().await;
+    execution(&*store, "e").await;
     store.insert_task(&task("t", "e", "q", 0)).await.unwrap();
     let q = queues(&["q"]);
     store.claim_task(&q, "w1", "A", 0).await.unwrap().unwrap();
@@ -177,10 +169,9 @@ async fn an_expired_lease_is_re_leased_until_max_deliveries() {
     assert_eq!(store.next_available_ms(&q, 500).await.unwrap(), None);
 }
 
-#[tokio::test]
-async fn schedule_to_start_bounds_every_wait_in_the_queue() {
-    let (_dir, store) = open().await;
-    execution(&store, "e").await;
+async fn schedule_to_start_bounds_every_wait_in_the_queue(h) {
+    let store = h.open().await;
+    execution(&*store, "e").await;
     let mut t = task("t", "e", "q", 0);
     t.schedule_to_start_ms = Some(50);
     store.insert_task(&t).await.unwrap();
@@ -199,10 +190,9 @@ async fn schedule_to_start_bounds_every_wait_in_the_queue() {
     assert!(store.claim_task(&q, "w", "B", 198).await.unwrap().is_some());
 }
 
-#[tokio::test]
-async fn every_change_is_guarded_by_the_state_its_caller_saw() {
-    let (_dir, store) = open().await;
-    execution(&store, "e").await;
+async fn every_change_is_guarded_by_the_state_its_caller_saw(h) {
+    let store = h.open().await;
+    execution(&*store, "e").await;
     store.insert_task(&task("t", "e", "q", 0)).await.unwrap();
     let q = queues(&["q"]);
     let done = TaskEnd::Completed(json!({"ok": true}));
@@ -276,10 +266,9 @@ async fn every_change_is_guarded_by_the_state_its_caller_saw() {
     ));
 }
 
-#[tokio::test]
-async fn failures_keep_their_retryability_and_timeouts_are_retryable() {
-    let (_dir, store) = open().await;
-    execution(&store, "e").await;
+async fn failures_keep_their_retryability_and_timeouts_are_retryable(h) {
+    let store = h.open().await;
+    execution(&*store, "e").await;
     store.insert_task(&task("f", "e", "q", 0)).await.unwrap();
     store.insert_task(&task("t", "e", "q", 1)).await.unwrap();
     let fail = TaskEnd::Failed {
@@ -309,11 +298,10 @@ async fn failures_keep_their_retryability_and_timeouts_are_retryable() {
     );
 }
 
-#[tokio::test]
-async fn the_start_up_sweep_cancels_open_tasks_of_finished_executions_only() {
-    let (_dir, store) = open().await;
+async fn the_start_up_sweep_cancels_open_tasks_of_finished_executions_only(h) {
+    let store = h.open().await;
     for id in ["done", "running"] {
-        execution(&store, id).await;
+        execution(&*store, id).await;
     }
     store
         .insert_task(&task("open-of-done", "done", "q", 0))
@@ -355,9 +343,8 @@ async fn the_start_up_sweep_cancels_open_tasks_of_finished_executions_only() {
     assert_eq!(status("open-of-running").await, TaskStatus::Queued);
 }
 
-#[tokio::test]
-async fn process_groups_are_recorded_listed_and_forgotten() {
-    let (_dir, store) = open().await;
+async fn process_groups_are_recorded_listed_and_forgotten(h) {
+    let store = h.open().await;
     let group = ProcessGroupRecord {
         pgid: 4242,
         start_time: 987_654,
@@ -378,4 +365,33 @@ async fn process_groups_are_recorded_listed_and_forgotten() {
     );
     store.forget_process_group(4242, 987_654).await.unwrap();
     assert!(store.process_groups().await.unwrap().is_empty());
+}
+
+async fn concurrent_inserts_of_one_task_store_it_once(h) {
+    let store = h.open().await;
+    execution(&*store, "e").await;
+    let inserts = (0..10).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut t = task("t", "e", "q", i);
+            t.payload = json!({"writer": i});
+            store.insert_task(&t).await.unwrap()
+        })
+    });
+    let results: Vec<(TaskRecord, bool)> = futures::future::join_all(inserts)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(results.iter().filter(|(_, inserted)| *inserted).count(), 1);
+    let stored = store.get_task("t").await.unwrap().unwrap();
+    assert!(results.iter().all(|(t, _)| *t == stored), "every caller sees the stored task");
+}
+
+async fn a_task_of_an_unknown_execution_is_refused(h) {
+    let store = h.open().await;
+    let err = store.insert_task(&task("t", "missing", "q", 0)).await.unwrap_err();
+    assert!(matches!(err, ExecutorError::Store(_)), "{err:?}");
+    assert!(store.get_task("t").await.unwrap().is_none());
+}
 }

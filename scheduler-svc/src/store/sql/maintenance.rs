@@ -1,19 +1,17 @@
-//! Backfills, retention and the notifications runs owe, on SQLite.
-
-use sqlx::Row;
-use sqlx::sqlite::SqliteConnection;
+//! Backfills, retention and the notifications runs owe.
 
 use super::ledger::insert_runs;
 use super::outcomes::promote_next;
 use super::rows::{col, json, parse_notification};
-use super::{classify, in_flight_state, load_schedule};
+use super::schedules::{in_flight_state, load_schedule};
+use super::{Conn, params};
 use crate::engine::policy::NewRun;
 use crate::model::{Notification, Retention, Run, RunStatus, Schedule, Trigger};
 use crate::store::{Effect, StoreError};
 
 /// Writes the BACKFILL rows of `fires` (see `SchedulerStore::backfill`).
 pub async fn backfill(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn Conn,
     schedule_id: &str,
     fires: &[i64],
     buffered: bool,
@@ -59,53 +57,46 @@ pub async fn backfill(
 
 /// Deletes a batch of a schedule's final runs beyond its retention.
 pub async fn prune_runs(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn Conn,
     schedule_id: &str,
     keep_last: u32,
     older_than_ms: Option<i64>,
     batch: u32,
 ) -> Result<u64, StoreError> {
-    let ids: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM (SELECT id, nominal_ms, status, \
-             ROW_NUMBER() OVER (ORDER BY nominal_ms DESC, id DESC) AS newest \
-           FROM runs WHERE schedule_id = ?1 AND status NOT IN ('PENDING', 'RUNNING', 'BUFFERED')) \
-         WHERE (?2 > 0 AND newest > ?2) OR (?3 IS NOT NULL AND nominal_ms < ?3) \
-         ORDER BY nominal_ms LIMIT ?4",
-    )
-    .bind(schedule_id)
-    .bind(i64::from(keep_last))
-    .bind(older_than_ms)
-    .bind(i64::from(batch))
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(classify)?;
-    let mut deleted = 0;
-    for id in &ids {
-        sqlx::query("DELETE FROM attempts WHERE run_id = ?")
-            .bind(id)
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?;
-        deleted += sqlx::query(
-            "DELETE FROM runs WHERE id = ? AND status NOT IN ('PENDING', 'RUNNING', 'BUFFERED')",
+    let rows = conn
+        .fetch_all(
+            "SELECT id FROM (SELECT id, nominal_ms, status, \
+                 ROW_NUMBER() OVER (ORDER BY nominal_ms DESC, id DESC) AS newest \
+               FROM runs WHERE schedule_id = $1 \
+                 AND status NOT IN ('PENDING', 'RUNNING', 'BUFFERED')) AS finished \
+             WHERE ($2 > 0 AND newest > $2) OR ($3 IS NOT NULL AND nominal_ms < $3) \
+             ORDER BY nominal_ms, id LIMIT $4",
+            params![schedule_id, keep_last, older_than_ms, batch],
         )
-        .bind(id)
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?
-        .rows_affected();
+        .await?;
+    let mut deleted = 0;
+    for row in &rows {
+        let id: String = col(row, "id")?;
+        conn.execute("DELETE FROM attempts WHERE run_id = $1", params![&id])
+            .await?;
+        deleted += conn
+            .execute(
+                "DELETE FROM runs WHERE id = $1 \
+                 AND status NOT IN ('PENDING', 'RUNNING', 'BUFFERED')",
+                params![&id],
+            )
+            .await?;
     }
     Ok(deleted)
 }
 
 /// Schedules whose policy bounds their ledger.
 pub async fn retained_schedules(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn Conn,
 ) -> Result<Vec<(String, Retention)>, StoreError> {
-    let rows = sqlx::query("SELECT id, policy FROM schedules")
-        .fetch_all(conn)
-        .await
-        .map_err(classify)?;
+    let rows = conn
+        .fetch_all("SELECT id, policy FROM schedules ORDER BY id", &[])
+        .await?;
     let mut out = Vec::new();
     for row in &rows {
         let policy: crate::model::Policy = json(row, "policy")?;
@@ -117,29 +108,30 @@ pub async fn retained_schedules(
 }
 
 /// Runs whose notification is still to be sent.
-pub async fn pending_notifications(conn: &mut SqliteConnection) -> Result<Vec<String>, StoreError> {
-    sqlx::query_scalar("SELECT id FROM runs WHERE notification_status = 'PENDING'")
-        .fetch_all(conn)
-        .await
-        .map_err(classify)
+pub async fn pending_notifications(conn: &mut dyn Conn) -> Result<Vec<String>, StoreError> {
+    let rows = conn
+        .fetch_all(
+            "SELECT id FROM runs WHERE notification_status = 'PENDING' ORDER BY id",
+            &[],
+        )
+        .await?;
+    rows.iter().map(|r| col(r, "id")).collect()
 }
 
 /// The schedule, the run and the notification it still owes.
 pub async fn notification_job(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn Conn,
     run_id: &str,
 ) -> Result<Option<(Schedule, Run, Notification)>, StoreError> {
-    let row = sqlx::query(
-        "SELECT schedule_id, notification FROM runs WHERE id = ? AND notification_status = 'PENDING'",
-    )
-    .bind(run_id)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(classify)?;
+    let row = conn
+        .fetch_optional(
+            "SELECT schedule_id, notification FROM runs \
+             WHERE id = $1 AND notification_status = 'PENDING'",
+            params![run_id],
+        )
+        .await?;
     let Some(row) = row else { return Ok(None) };
-    let Some(kind) = row
-        .try_get::<Option<String>, _>("notification")
-        .map_err(classify)?
+    let Some(kind) = col::<Option<String>>(&row, "notification")?
         .as_deref()
         .and_then(parse_notification)
     else {
@@ -157,16 +149,18 @@ pub async fn notification_job(
 
 /// Records how a run's notification ended.
 pub async fn notification_done(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn Conn,
     run_id: &str,
     error: Option<&str>,
 ) -> Result<(), StoreError> {
-    sqlx::query("UPDATE runs SET notification_status = ?, notification_error = ? WHERE id = ?")
-        .bind(if error.is_some() { "FAILED" } else { "SENT" })
-        .bind(error)
-        .bind(run_id)
-        .execute(conn)
-        .await
-        .map_err(classify)?;
+    conn.execute(
+        "UPDATE runs SET notification_status = $1, notification_error = $2 WHERE id = $3",
+        params![
+            if error.is_some() { "FAILED" } else { "SENT" },
+            error,
+            run_id
+        ],
+    )
+    .await?;
     Ok(())
 }

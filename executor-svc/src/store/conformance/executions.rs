@@ -1,11 +1,17 @@
-//! The SQLite store's behaviour on a real file: creation under a unique key, dense seqs,
-//! the row updates each transition implies, cancellation, listing, and reopening.
+//! Executions on every backend: creation under a unique key (concurrent creates of one
+//! key: one wins), dense seqs (also under concurrent appends), the row updates each
+//! transition implies, cancellation, listing and its pages, millisecond times,
+//! reopening, and retention.
 
 use almanac_proto::executor::v1::call_api_action::Body;
 use almanac_proto::executor::v1::{Action, CallApiAction, Origin, action::Kind};
 use serde_json::json;
 
-use super::*;
+use crate::error::ExecutorError;
+use crate::model::{
+    CancelMode, EventKind, ExecutionRecord, ExecutionStatus, ListQuery, NewExecution, NodeStatus,
+    Transition,
+};
 
 fn new_execution(id: &str, key: &str, schedule: Option<&str>) -> NewExecution {
     NewExecution {
@@ -32,14 +38,6 @@ fn new_execution(id: &str, key: &str, schedule: Option<&str>) -> NewExecution {
     }
 }
 
-async fn open() -> (tempfile::TempDir, SqliteStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("nested/executor.db"))
-        .await
-        .unwrap();
-    (dir, store)
-}
-
 fn started(attempt: u32) -> Transition {
     Transition::NodeStarted {
         node_id: "action".into(),
@@ -49,9 +47,9 @@ fn started(attempt: u32) -> Transition {
     }
 }
 
-#[tokio::test]
-async fn a_new_execution_is_running_with_execution_started_as_seq_1() {
-    let (_dir, store) = open().await;
+conformance! {
+async fn a_new_execution_is_running_with_execution_started_as_seq_1(h) {
+    let store = h.open().await;
     let new = new_execution("e1", "k1", Some("nightly"));
     let record = store.create_execution(&new).await.unwrap();
     assert_eq!(record.status, ExecutionStatus::Running);
@@ -72,9 +70,8 @@ async fn a_new_execution_is_running_with_execution_started_as_seq_1() {
     );
 }
 
-#[tokio::test]
-async fn a_taken_key_is_already_exists_and_changes_nothing() {
-    let (_dir, store) = open().await;
+async fn a_taken_key_is_already_exists_and_changes_nothing(h) {
+    let store = h.open().await;
     store
         .create_execution(&new_execution("e1", "k1", None))
         .await
@@ -88,9 +85,8 @@ async fn a_taken_key_is_already_exists_and_changes_nothing() {
     assert_eq!(store.find_by_key("k1").await.unwrap().unwrap().id, "e1");
 }
 
-#[tokio::test]
-async fn transitions_append_dense_seqs_and_update_rows_and_nothing_follows_the_finish() {
-    let (_dir, store) = open().await;
+async fn transitions_append_dense_seqs_and_update_rows_and_nothing_follows_the_finish(h) {
+    let store = h.open().await;
     store
         .create_execution(&new_execution("e1", "k1", None))
         .await
@@ -148,9 +144,8 @@ async fn transitions_append_dense_seqs_and_update_rows_and_nothing_follows_the_f
     assert_eq!(seqs, [2, 3, 4]);
 }
 
-#[tokio::test]
-async fn finishing_closes_attempts_left_running() {
-    let (_dir, store) = open().await;
+async fn finishing_closes_attempts_left_running(h) {
+    let store = h.open().await;
     store
         .create_execution(&new_execution("e1", "k1", None))
         .await
@@ -174,9 +169,8 @@ async fn finishing_closes_attempts_left_running() {
     assert_eq!(nodes[0].finished_ms, Some(3_000));
 }
 
-#[tokio::test]
-async fn cancel_requests_keep_the_stronger_mode_and_the_first_reason() {
-    let (_dir, store) = open().await;
+async fn cancel_requests_keep_the_stronger_mode_and_the_first_reason(h) {
+    let store = h.open().await;
     store
         .create_execution(&new_execution("e1", "k1", None))
         .await
@@ -199,12 +193,9 @@ async fn cancel_requests_keep_the_stronger_mode_and_the_first_reason() {
     assert!(matches!(missing, ExecutorError::NotFound(_)));
 }
 
-#[tokio::test]
-async fn listing_is_newest_first_with_filters_and_survives_reopening() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("executor.db");
+async fn listing_is_newest_first_with_filters_and_survives_reopening(h) {
     {
-        let store = SqliteStore::open(&path).await.unwrap();
+        let store = h.open().await;
         for (id, schedule) in [("a", Some("s1")), ("b", None), ("c", Some("s1"))] {
             store
                 .create_execution(&new_execution(id, &format!("k-{id}"), schedule))
@@ -213,7 +204,7 @@ async fn listing_is_newest_first_with_filters_and_survives_reopening() {
         }
         store.close().await;
     }
-    let store = SqliteStore::open(&path).await.unwrap();
+    let store = h.open().await;
     let ids = |records: Vec<ExecutionRecord>| records.into_iter().map(|r| r.id).collect::<Vec<_>>();
     let all = ListQuery {
         limit: 10,
@@ -242,10 +233,8 @@ async fn listing_is_newest_first_with_filters_and_survives_reopening() {
     assert_eq!(ids(store.list_unfinished().await.unwrap()), ["a", "b", "c"]);
 }
 
-#[tokio::test]
-async fn retention_deletes_only_finished_executions_older_than_the_cut() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("e.db")).await.unwrap();
+async fn retention_deletes_only_finished_executions_older_than_the_cut(h) {
+    let store = h.open().await;
     for (id, key) in [("e1", "k1"), ("e2", "k2"), ("e3", "k3")] {
         store
             .create_execution(&new_execution(id, key, None))
@@ -279,4 +268,155 @@ async fn retention_deletes_only_finished_executions_older_than_the_cut() {
         store.get_execution("e3").await.unwrap().is_some(),
         "never one still running"
     );
+}
+
+async fn concurrent_creates_of_one_key_have_one_winner(h) {
+    let store = h.open().await;
+    let creates = (0..12).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .create_execution(&new_execution(&format!("e{i:02}"), "shared", None))
+                .await
+        })
+    });
+    let results: Vec<_> = futures::future::join_all(creates)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let winners: Vec<&ExecutionRecord> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    for result in &results {
+        if let Err(err) = result {
+            assert!(matches!(err, ExecutorError::AlreadyExists(_)), "{err:?}");
+        }
+    }
+    let stored = store.find_by_key("shared").await.unwrap().unwrap();
+    assert_eq!(stored.id, winners[0].id);
+    let all = ListQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    assert_eq!(store.list_executions(&all).await.unwrap().len(), 1);
+}
+
+async fn concurrent_appends_to_one_execution_keep_seqs_dense(h) {
+    let store = h.open().await;
+    store
+        .create_execution(&new_execution("e1", "k1", None))
+        .await
+        .unwrap();
+    let appends = (0..30).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let progress = Transition::Progress {
+                node_id: "action".into(),
+                percent: f64::from(i),
+                message: format!("step {i}"),
+            };
+            store.append("e1", 2_000 + i64::from(i), progress).await.unwrap().seq
+        })
+    });
+    let mut seqs: Vec<u64> = futures::future::join_all(appends)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (2..=31).collect::<Vec<u64>>(), "each seq once, no gap");
+    let stored: Vec<u64> = store
+        .events_after("e1", 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(stored, (1..=31).collect::<Vec<u64>>());
+    assert_eq!(store.get_execution("e1").await.unwrap().unwrap().last_seq, 31);
+}
+
+async fn an_append_to_an_unknown_execution_is_not_found(h) {
+    let store = h.open().await;
+    let err = store.append("nope", 1, started(1)).await.unwrap_err();
+    assert!(matches!(err, ExecutorError::NotFound(_)), "{err:?}");
+}
+
+async fn events_page_by_seq_and_times_keep_their_milliseconds(h) {
+    let store = h.open().await;
+    // 2023-11-14T22:13:20.123Z, and a time far beyond 2038.
+    let mut new = new_execution("e1", "k1", None);
+    new.created_ms = 1_700_000_000_123;
+    new.deadline_ms = Some(32_503_680_000_999);
+    let record = store.create_execution(&new).await.unwrap();
+    assert_eq!(record.created_ms, 1_700_000_000_123);
+    assert_eq!(record.started_ms, Some(1_700_000_000_123));
+    assert_eq!(record.deadline_ms, Some(32_503_680_000_999));
+    for i in 0..5 {
+        store
+            .append("e1", 1_700_000_000_124 + i, started(u32::try_from(i).unwrap() + 1))
+            .await
+            .unwrap();
+    }
+    let page = store.events_after("e1", 2, 2).await.unwrap();
+    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4]);
+    assert_eq!(page[0].at_ms, 1_700_000_000_125);
+    let nodes = store.node_runs("e1").await.unwrap();
+    assert_eq!(nodes.iter().map(|n| n.attempt).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    assert_eq!(nodes[4].started_ms, Some(1_700_000_000_128));
+    assert!(store.events_after("e1", 6, 10).await.unwrap().is_empty());
+}
+
+async fn failed_and_skipped_nodes_keep_their_error_and_retryable(h) {
+    let store = h.open().await;
+    store
+        .create_execution(&new_execution("e1", "k1", None))
+        .await
+        .unwrap();
+    store.append("e1", 2_000, started(1)).await.unwrap();
+    store
+        .append(
+            "e1",
+            2_100,
+            Transition::NodeFailed {
+                node_id: "action".into(),
+                attempt: 1,
+                status: NodeStatus::Failed,
+                error: "HTTP 503 Service Unavailable".into(),
+                retryable: true,
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .append(
+            "e1",
+            2_200,
+            Transition::NodeSkipped {
+                node_id: "later".into(),
+                kind: "call_api".into(),
+                status: NodeStatus::Skipped,
+                reason: "no incoming edge taken".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let nodes = store.node_runs("e1").await.unwrap();
+    assert_eq!(nodes.len(), 2);
+    let failed = &nodes[0];
+    assert_eq!(
+        (failed.status, failed.error.as_str(), failed.retryable),
+        (NodeStatus::Failed, "HTTP 503 Service Unavailable", true)
+    );
+    let skipped = &nodes[1];
+    assert_eq!(
+        (skipped.node_id.as_str(), skipped.status, skipped.attempt),
+        ("later", NodeStatus::Skipped, 0)
+    );
+    assert_eq!(
+        (skipped.started_ms, skipped.finished_ms),
+        (Some(2_200), Some(2_200))
+    );
+    assert_eq!(skipped.error, "no incoming edge taken");
+}
 }

@@ -1,7 +1,11 @@
-//! Reading rows back into the model, and the text forms of enums stored in columns.
+//! Reading rows of either database back into the model, and the text forms of enums
+//! stored in columns.
 
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::postgres::Postgres;
+use sqlx::sqlite::Sqlite;
+use sqlx::{Decode, Type};
+
+use super::Row;
 
 use crate::model::{
     Attempt, CancelMode, MissedRange, Notification, PauseInfo, Run, RunStatus, Schedule,
@@ -130,21 +134,20 @@ fn parse_trigger(s: &str) -> Result<Trigger, StoreError> {
 }
 
 /// Reads a column, calling a type mismatch corruption rather than a database failure.
-pub fn col<'r, T>(row: &'r SqliteRow, name: &str) -> Result<T, StoreError>
+pub fn col<T>(row: &Row, name: &str) -> Result<T, StoreError>
 where
-    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+    T: for<'r> Decode<'r, Sqlite> + Type<Sqlite> + for<'r> Decode<'r, Postgres> + Type<Postgres>,
 {
-    row.try_get(name)
-        .map_err(|e| StoreError::Corrupt(format!("column {name}: {e}")))
+    row.get(name)
 }
 
 /// Parses a JSON column.
-pub fn json<T: serde::de::DeserializeOwned>(row: &SqliteRow, name: &str) -> Result<T, StoreError> {
+pub fn json<T: serde::de::DeserializeOwned>(row: &Row, name: &str) -> Result<T, StoreError> {
     let text: String = col(row, name)?;
     serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("column {name}: {e}")))
 }
 
-pub fn schedule_from_row(row: &SqliteRow) -> Result<Schedule, StoreError> {
+pub fn schedule_from_row(row: &Row) -> Result<Schedule, StoreError> {
     let state = parse_state(&col::<String>(row, "state")?)?;
     let pause = match col::<Option<i64>>(row, "paused_ms")? {
         Some(at_ms) if state == ScheduleState::Paused => Some(PauseInfo {
@@ -175,7 +178,7 @@ pub fn schedule_from_row(row: &SqliteRow) -> Result<Schedule, StoreError> {
     })
 }
 
-pub fn run_from_row(row: &SqliteRow) -> Result<Run, StoreError> {
+pub fn run_from_row(row: &Row) -> Result<Run, StoreError> {
     let missed = match (
         col::<Option<i64>>(row, "missed_first_ms")?,
         col::<Option<i64>>(row, "missed_last_ms")?,
@@ -220,7 +223,7 @@ pub fn run_from_row(row: &SqliteRow) -> Result<Run, StoreError> {
 }
 
 /// The attempt of a LEFT JOINed row, if it has one.
-pub fn attempt_from_row(row: &SqliteRow) -> Result<Option<Attempt>, StoreError> {
+pub fn attempt_from_row(row: &Row) -> Result<Option<Attempt>, StoreError> {
     let Some(number) = col::<Option<i64>>(row, "a_number")? else {
         return Ok(None);
     };
@@ -239,7 +242,7 @@ pub fn attempt_from_row(row: &SqliteRow) -> Result<Option<Attempt>, StoreError> 
 }
 
 /// Groups joined run+attempt rows (ordered by run, then attempt) into runs.
-pub fn runs_with_attempts(rows: &[SqliteRow]) -> Result<Vec<Run>, StoreError> {
+pub fn runs_with_attempts(rows: &[Row]) -> Result<Vec<Run>, StoreError> {
     let mut runs: Vec<Run> = Vec::new();
     for row in rows {
         let id: String = col(row, "id")?;

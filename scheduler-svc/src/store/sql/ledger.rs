@@ -1,15 +1,13 @@
-//! The ledger's writes and reads on SQLite: claiming due fires, manual runs, the updates
-//! the executor's events cause, and reading runs back with their attempts.
-
-use sqlx::AssertSqlSafe;
-use sqlx::sqlite::SqliteConnection;
+//! The ledger's writes and reads: claiming due fires, manual runs, the updates the
+//! executor's events cause, and reading runs back with their attempts.
 
 use super::outcomes::{finish_attempt, request_cancels};
 use super::rows::{
     ATTEMPT_COLUMNS, RUN_COLUMNS, col, json, parse_status, runs_with_attempts, state_str,
     status_str, trigger_str,
 };
-use super::{classify, in_flight_state, load_schedule, to_json};
+use super::schedules::{in_flight_state, load_schedule, to_json};
+use super::{Conn, Lock, lock_schedule, params};
 use crate::engine::policy::NewRun;
 use crate::model::{DispatchJob, Run, RunStatus, Schedule, ScheduleState, execution_key};
 use crate::store::{
@@ -18,7 +16,7 @@ use crate::store::{
 
 /// Claims one schedule's due fires inside the caller's transaction.
 pub async fn claim_one(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn Conn,
     id: &str,
     now_ms: i64,
     plan: &DuePlanner<'_>,
@@ -29,6 +27,26 @@ pub async fn claim_one(
         dispatch: Vec::new(),
         effects: Vec::new(),
     };
+    match lock_schedule(conn, id, true).await? {
+        Lock::Held => {}
+        Lock::Absent => return Ok(idle(None)),
+        Lock::Busy => {
+            // Another transaction decides for it right now (a trigger, an update, another
+            // replica's claim): leave it in the index as it stands, to be claimed again.
+            let next = conn
+                .fetch_optional(
+                    "SELECT next_fire_ms FROM schedules WHERE id = $1 AND state = 'ACTIVE'",
+                    params![id],
+                )
+                .await?;
+            let next = match next {
+                Some(row) => col::<Option<i64>>(&row, "next_fire_ms")?,
+                None => None,
+            };
+            tracing::debug!(schedule_id = %id, "schedule locked elsewhere; not claimed this round");
+            return Ok(idle(next));
+        }
+    }
     let schedule = match load_schedule(conn, id).await {
         Ok(Some(s)) => s,
         Ok(None) => return Ok(idle(None)),
@@ -73,20 +91,20 @@ pub async fn claim_one(
     } else {
         ScheduleState::Active
     };
-    sqlx::query(
-        "UPDATE schedules SET next_fire_ms = ?, run_count = run_count + ?, state = ?, \
-         completion_reason = COALESCE(?, completion_reason), \
-         buffer_overruns = buffer_overruns + ? WHERE id = ?",
+    conn.execute(
+        "UPDATE schedules SET next_fire_ms = $1, run_count = run_count + $2, state = $3, \
+         completion_reason = COALESCE($4, completion_reason), \
+         buffer_overruns = buffer_overruns + $5 WHERE id = $6",
+        params![
+            plan.next_fire_ms,
+            plan.counted,
+            state_str(state),
+            plan.completed.as_deref(),
+            plan.overruns,
+            id,
+        ],
     )
-    .bind(plan.next_fire_ms)
-    .bind(plan.counted)
-    .bind(state_str(state))
-    .bind(plan.completed.as_deref())
-    .bind(plan.overruns)
-    .bind(id)
-    .execute(&mut *conn)
-    .await
-    .map_err(classify)?;
+    .await?;
     Ok(Claimed {
         schedule_id: id.to_string(),
         next_fire_ms: plan.next_fire_ms.filter(|_| state == ScheduleState::Active),
@@ -98,22 +116,19 @@ pub async fn claim_one(
 /// Records a problem on a schedule that cannot be planned and pauses it, so one bad row
 /// never stops the others (DESIGN §4.6).
 async fn pause_broken(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn Conn,
     id: &str,
     now_ms: i64,
     problem: &str,
 ) -> Result<(), StoreError> {
     tracing::error!(schedule_id = %id, problem, "schedule cannot be planned; pausing it");
-    sqlx::query(
-        "UPDATE schedules SET state = 'PAUSED', pause_note = ?, pause_identity = 'almanac', \
-         paused_ms = ?, next_fire_ms = NULL WHERE id = ?",
+    let note = format!("paused by almanac: {problem}");
+    conn.execute(
+        "UPDATE schedules SET state = 'PAUSED', pause_note = $1, pause_identity = 'almanac', \
+         paused_ms = $2, next_fire_ms = NULL WHERE id = $3",
+        params![&note, now_ms, id],
     )
-    .bind(format!("paused by almanac: {problem}"))
-    .bind(now_ms)
-    .bind(id)
-    .execute(conn)
-    .await
-    .map_err(classify)?;
+    .await?;
     Ok(())
 }
 
@@ -121,7 +136,7 @@ async fn pause_broken(
 /// the action too, for when it starts). A row whose fire already has a ledger row is not
 /// written again. Returns the ids written, and those written PENDING.
 pub async fn insert_runs(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn Conn,
     schedule: &Schedule,
     runs: &[NewRun],
     now_ms: i64,
@@ -132,31 +147,34 @@ pub async fn insert_runs(
     for run in runs {
         let is_pending = run.status == RunStatus::Pending;
         let keeps_action = is_pending || run.status == RunStatus::Buffered;
-        let written = sqlx::query(
-            "INSERT OR IGNORE INTO runs (id, schedule_id, nominal_ms, trigger, status, attempt, \
-             dispatch_after_ms, reason, coalesced_into, missed_first_ms, missed_last_ms, \
-             missed_count, request_id, action, created_ms) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&run.id)
-        .bind(&schedule.id)
-        .bind(run.nominal_ms)
-        .bind(trigger_str(run.trigger))
-        .bind(status_str(run.status))
-        .bind(if is_pending { 1 } else { 0 })
-        .bind(run.dispatch_after_ms)
-        .bind(run.reason.as_deref())
-        .bind(run.coalesced_into.as_deref())
-        .bind(run.missed.map(|m| m.first_ms))
-        .bind(run.missed.map(|m| m.last_ms))
-        .bind(run.missed.map(|m| m.count))
-        .bind(run.request_id.as_deref())
-        .bind(keeps_action.then_some(action.as_str()))
-        .bind(now_ms)
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?
-        .rows_affected()
+        // A conflict on any unique key (the fire's, or a manual run's request id) writes
+        // nothing: the database decides a race between two writers of one fire.
+        let written = conn
+            .execute(
+                "INSERT INTO runs (id, schedule_id, nominal_ms, trigger, status, attempt, \
+                 dispatch_after_ms, reason, coalesced_into, missed_first_ms, missed_last_ms, \
+                 missed_count, request_id, action, created_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+                 ON CONFLICT DO NOTHING",
+                params![
+                    &run.id,
+                    &schedule.id,
+                    run.nominal_ms,
+                    trigger_str(run.trigger),
+                    status_str(run.status),
+                    if is_pending { 1i64 } else { 0 },
+                    run.dispatch_after_ms,
+                    run.reason.as_deref(),
+                    run.coalesced_into.as_deref(),
+                    run.missed.map(|m| m.first_ms),
+                    run.missed.map(|m| m.last_ms),
+                    run.missed.map(|m| m.count),
+                    run.request_id.as_deref(),
+                    keeps_action.then_some(action.as_str()),
+                    now_ms,
+                ],
+            )
+            .await?
             == 1;
         if !written {
             tracing::debug!(schedule_id = %schedule.id, nominal_ms = run.nominal_ms,
@@ -165,16 +183,13 @@ pub async fn insert_runs(
         }
         written_ids.push(run.id.clone());
         if is_pending {
-            sqlx::query(
+            let key = execution_key(&run.id, 1);
+            conn.execute(
                 "INSERT INTO attempts (run_id, number, execution_key, deadline_ms, status) \
-                 VALUES (?, 1, ?, ?, 'PENDING')",
+                 VALUES ($1, 1, $2, $3, 'PENDING')",
+                params![&run.id, &key, run.deadline_ms],
             )
-            .bind(&run.id)
-            .bind(execution_key(&run.id, 1))
-            .bind(run.deadline_ms)
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?;
+            .await?;
             pending.push(run.id.clone());
         }
     }
@@ -183,21 +198,24 @@ pub async fn insert_runs(
 
 /// Writes a manual run inside the caller's transaction.
 pub async fn trigger(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn Conn,
     schedule_id: &str,
     request_id: Option<&str>,
     now_ms: i64,
     plan: &ManualPlanner<'_>,
 ) -> Result<(Run, Vec<Effect>), StoreError> {
+    if lock_schedule(conn, schedule_id, false).await? == Lock::Absent {
+        return Err(StoreError::NotFound(format!("schedule {schedule_id:?}")));
+    }
     if let Some(request_id) = request_id {
-        let existing: Option<String> =
-            sqlx::query_scalar("SELECT id FROM runs WHERE schedule_id = ? AND request_id = ?")
-                .bind(schedule_id)
-                .bind(request_id)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(classify)?;
-        if let Some(run_id) = existing {
+        let existing = conn
+            .fetch_optional(
+                "SELECT id FROM runs WHERE schedule_id = $1 AND request_id = $2",
+                params![schedule_id, request_id],
+            )
+            .await?;
+        if let Some(row) = existing {
+            let run_id: String = col(&row, "id")?;
             let run = load_run(conn, &run_id).await?;
             return run
                 .map(|r| (r, Vec::new()))
@@ -225,11 +243,11 @@ pub async fn trigger(
         .await?,
     );
     if overrun {
-        sqlx::query("UPDATE schedules SET buffer_overruns = buffer_overruns + 1 WHERE id = ?")
-            .bind(schedule_id)
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?;
+        conn.execute(
+            "UPDATE schedules SET buffer_overruns = buffer_overruns + 1 WHERE id = $1",
+            params![schedule_id],
+        )
+        .await?;
     }
     let run = load_run(conn, &row.id).await?;
     run.map(|r| (r, effects))
@@ -237,25 +255,18 @@ pub async fn trigger(
 }
 
 /// One run with its attempts.
-pub async fn load_run(
-    conn: &mut SqliteConnection,
-    run_id: &str,
-) -> Result<Option<Run>, StoreError> {
+pub async fn load_run(conn: &mut dyn Conn, run_id: &str) -> Result<Option<Run>, StoreError> {
     let sql = format!(
         "SELECT {RUN_COLUMNS}, {ATTEMPT_COLUMNS} FROM runs r \
-         LEFT JOIN attempts a ON a.run_id = r.id WHERE r.id = ? ORDER BY a.number"
+         LEFT JOIN attempts a ON a.run_id = r.id WHERE r.id = $1 ORDER BY a.number"
     );
-    let rows = sqlx::query(AssertSqlSafe(sql))
-        .bind(run_id)
-        .fetch_all(conn)
-        .await
-        .map_err(classify)?;
+    let rows = conn.fetch_all(&sql, params![run_id]).await?;
     Ok(runs_with_attempts(&rows)?.into_iter().next())
 }
 
 /// A page of a schedule's runs, newest nominal time first.
 pub async fn list_runs(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn Conn,
     schedule_id: &str,
     status: Option<RunStatus>,
     before: Option<RunCursor>,
@@ -263,39 +274,42 @@ pub async fn list_runs(
 ) -> Result<Vec<Run>, StoreError> {
     let sql = format!(
         "SELECT {RUN_COLUMNS}, {ATTEMPT_COLUMNS} FROM \
-           (SELECT * FROM runs WHERE schedule_id = ?1 AND (?2 IS NULL OR status = ?2) \
-              AND (?3 IS NULL OR nominal_ms < ?3 OR (nominal_ms = ?3 AND id < ?4)) \
-            ORDER BY nominal_ms DESC, id DESC LIMIT ?5) r \
+           (SELECT * FROM runs WHERE schedule_id = $1 AND ($2 IS NULL OR status = $2) \
+              AND ($3 IS NULL OR nominal_ms < $3 OR (nominal_ms = $3 AND id < $4)) \
+            ORDER BY nominal_ms DESC, id DESC LIMIT $5) r \
          LEFT JOIN attempts a ON a.run_id = r.id \
          ORDER BY r.nominal_ms DESC, r.id DESC, a.number"
     );
     let (before_ms, before_id) = before.unzip();
-    let rows = sqlx::query(AssertSqlSafe(sql))
-        .bind(schedule_id)
-        .bind(status.map(status_str))
-        .bind(before_ms)
-        .bind(before_id)
-        .bind(i64::from(limit))
-        .fetch_all(conn)
-        .await
-        .map_err(classify)?;
+    let rows = conn
+        .fetch_all(
+            &sql,
+            params![
+                schedule_id,
+                status.map(status_str),
+                before_ms,
+                before_id.as_deref(),
+                limit
+            ],
+        )
+        .await?;
     runs_with_attempts(&rows)
 }
 
 /// What the dispatcher sends for a run's current attempt.
 pub async fn dispatch_job(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn Conn,
     run_id: &str,
 ) -> Result<Option<DispatchJob>, StoreError> {
-    let row = sqlx::query(
-        "SELECT r.id, r.schedule_id, r.nominal_ms, r.status, r.attempt, r.dispatch_after_ms, \
-         r.action, a.execution_key, a.deadline_ms, a.last_seq \
-         FROM runs r JOIN attempts a ON a.run_id = r.id AND a.number = r.attempt WHERE r.id = ?",
-    )
-    .bind(run_id)
-    .fetch_optional(conn)
-    .await
-    .map_err(classify)?;
+    let row = conn
+        .fetch_optional(
+            "SELECT r.id, r.schedule_id, r.nominal_ms, r.status, r.attempt, \
+             r.dispatch_after_ms, r.action, a.execution_key, a.deadline_ms, a.last_seq \
+             FROM runs r JOIN attempts a ON a.run_id = r.id AND a.number = r.attempt \
+             WHERE r.id = $1",
+            params![run_id],
+        )
+        .await?;
     let Some(row) = row else { return Ok(None) };
     Ok(Some(DispatchJob {
         run_id: col(&row, "id")?,
@@ -315,7 +329,7 @@ pub async fn dispatch_job(
 /// Applies one update inside the caller's transaction; one that no longer applies (the
 /// attempt moved on, the run was deleted) changes nothing. Returns what it leaves to do.
 pub async fn apply_update(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn Conn,
     update: &LedgerUpdate,
     now_ms: i64,
 ) -> Result<Vec<Effect>, StoreError> {
@@ -327,39 +341,39 @@ pub async fn apply_update(
             started_ms,
             last_seq,
         } => {
-            sqlx::query(
-                "UPDATE attempts SET execution_id = ?, status = 'RUNNING', \
-                 started_ms = COALESCE(started_ms, ?), last_seq = MAX(last_seq, ?) \
-                 WHERE run_id = ? AND number = ? AND status IN ('PENDING', 'RUNNING')",
+            conn.execute(
+                "UPDATE attempts SET execution_id = $1, status = 'RUNNING', \
+                 started_ms = COALESCE(started_ms, $2), \
+                 last_seq = CASE WHEN last_seq > $3 THEN last_seq ELSE $3 END \
+                 WHERE run_id = $4 AND number = $5 AND status IN ('PENDING', 'RUNNING')",
+                params![
+                    execution_id,
+                    *started_ms,
+                    *last_seq as i64,
+                    run_id,
+                    *attempt
+                ],
             )
-            .bind(execution_id)
-            .bind(started_ms)
-            .bind(*last_seq as i64)
-            .bind(run_id)
-            .bind(i64::from(*attempt))
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?;
-            let moved = sqlx::query(
-                "UPDATE runs SET status = 'RUNNING', started_ms = COALESCE(started_ms, ?) \
-                 WHERE id = ? AND attempt = ? AND status = 'PENDING'",
-            )
-            .bind(started_ms)
-            .bind(run_id)
-            .bind(i64::from(*attempt))
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?
-            .rows_affected();
+            .await?;
+            let moved = conn
+                .execute(
+                    "UPDATE runs SET status = 'RUNNING', started_ms = COALESCE(started_ms, $1) \
+                     WHERE id = $2 AND attempt = $3 AND status = 'PENDING'",
+                    params![*started_ms, run_id, *attempt],
+                )
+                .await?;
             if moved == 0 {
                 // Cancelled while its Execute was on the way: stop what started anyway.
-                let status: Option<String> =
-                    sqlx::query_scalar("SELECT status FROM runs WHERE id = ? AND attempt = ?")
-                        .bind(run_id)
-                        .bind(i64::from(*attempt))
-                        .fetch_optional(&mut *conn)
-                        .await
-                        .map_err(classify)?;
+                let status = match conn
+                    .fetch_optional(
+                        "SELECT status FROM runs WHERE id = $1 AND attempt = $2",
+                        params![run_id, *attempt],
+                    )
+                    .await?
+                {
+                    Some(row) => Some(col::<String>(&row, "status")?),
+                    None => None,
+                };
                 if status.as_deref() == Some("CANCELLED") {
                     return Ok(vec![Effect::CancelExecution {
                         run_id: run_id.clone(),
@@ -377,4 +391,43 @@ pub async fn apply_update(
         } => return finish_attempt(conn, run_id, *attempt, outcome, now_ms).await,
     }
     Ok(Vec::new())
+}
+
+/// Locks the schedules of the runs `updates` touch, in id order, so two writers of
+/// updates for the same schedules never wait on each other in a cycle.
+pub async fn lock_schedules_of(
+    conn: &mut dyn Conn,
+    updates: &[LedgerUpdate],
+) -> Result<(), StoreError> {
+    if conn.dialect() == super::Dialect::Sqlite {
+        return Ok(());
+    }
+    let mut run_ids: Vec<&str> = updates
+        .iter()
+        .map(|u| match u {
+            LedgerUpdate::Started { run_id, .. } | LedgerUpdate::Finished { run_id, .. } => {
+                run_id.as_str()
+            }
+        })
+        .collect();
+    run_ids.sort_unstable();
+    run_ids.dedup();
+    let mut schedule_ids = Vec::with_capacity(run_ids.len());
+    for run_id in run_ids {
+        if let Some(row) = conn
+            .fetch_optional(
+                "SELECT schedule_id FROM runs WHERE id = $1",
+                params![run_id],
+            )
+            .await?
+        {
+            schedule_ids.push(col::<String>(&row, "schedule_id")?);
+        }
+    }
+    schedule_ids.sort_unstable();
+    schedule_ids.dedup();
+    for id in &schedule_ids {
+        lock_schedule(conn, id, false).await?;
+    }
+    Ok(())
 }

@@ -1,14 +1,12 @@
-//! How runs end and move on, on SQLite: a finished attempt (a retry, or the final status
+//! How runs end and move on: a finished attempt (a retry, or the final status
 //! with the schedule's failures in a row, pause_on_failure and notification), the start
 //! of the next BUFFERED run, cancellations and reruns. Decisions come from
 //! `engine::finish` and `engine::overlap`; this file only reads and writes rows.
 
-use sqlx::Row;
-use sqlx::sqlite::SqliteConnection;
-
 use super::ledger::load_run;
 use super::rows::{cancel_mode_str, col, notification_str, parse_status, status_str};
-use super::{classify, load_schedule, to_json};
+use super::schedules::{load_schedule, to_json};
+use super::{Conn, params};
 use crate::engine::finish::plan_finish;
 use crate::model::{AttemptOutcome, CancelMode, Run, RunStatus, execution_key};
 use crate::store::{Effect, StoreError};
@@ -21,16 +19,13 @@ struct RunHead {
     cancel_requested: bool,
 }
 
-async fn run_head(
-    conn: &mut SqliteConnection,
-    run_id: &str,
-) -> Result<Option<RunHead>, StoreError> {
-    let row =
-        sqlx::query("SELECT schedule_id, status, attempt, cancel_requested FROM runs WHERE id = ?")
-            .bind(run_id)
-            .fetch_optional(conn)
-            .await
-            .map_err(classify)?;
+async fn run_head(conn: &mut dyn Conn, run_id: &str) -> Result<Option<RunHead>, StoreError> {
+    let row = conn
+        .fetch_optional(
+            "SELECT schedule_id, status, attempt, cancel_requested FROM runs WHERE id = $1",
+            params![run_id],
+        )
+        .await?;
     let Some(row) = row else { return Ok(None) };
     Ok(Some(RunHead {
         schedule_id: col(&row, "schedule_id")?,
@@ -42,39 +37,36 @@ async fn run_head(
 
 /// Makes a run's attempt `attempt` PENDING at `dispatch_after` with its deadline.
 async fn new_attempt(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn Conn,
     run_id: &str,
     attempt: u32,
     dispatch_after: i64,
     timeout_ms: Option<i64>,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    let key = execution_key(run_id, attempt);
+    conn.execute(
         "INSERT INTO attempts (run_id, number, execution_key, deadline_ms, status) \
-         VALUES (?, ?, ?, ?, 'PENDING')",
+         VALUES ($1, $2, $3, $4, 'PENDING')",
+        params![
+            run_id,
+            attempt,
+            &key,
+            timeout_ms.map(|t| dispatch_after + t)
+        ],
     )
-    .bind(run_id)
-    .bind(i64::from(attempt))
-    .bind(execution_key(run_id, attempt))
-    .bind(timeout_ms.map(|t| dispatch_after + t))
-    .execute(&mut *conn)
-    .await
-    .map_err(classify)?;
-    sqlx::query(
-        "UPDATE runs SET status = 'PENDING', attempt = ?, dispatch_after_ms = ?, \
-         finished_ms = NULL, cancel_requested = NULL WHERE id = ?",
+    .await?;
+    conn.execute(
+        "UPDATE runs SET status = 'PENDING', attempt = $1, dispatch_after_ms = $2, \
+         finished_ms = NULL, cancel_requested = NULL WHERE id = $3",
+        params![attempt, dispatch_after, run_id],
     )
-    .bind(i64::from(attempt))
-    .bind(dispatch_after)
-    .bind(run_id)
-    .execute(conn)
-    .await
-    .map_err(classify)?;
+    .await?;
     Ok(())
 }
 
 /// Applies the end of an attempt the executor reported.
 pub async fn finish_attempt(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn Conn,
     run_id: &str,
     attempt: u32,
     outcome: &AttemptOutcome,
@@ -82,22 +74,22 @@ pub async fn finish_attempt(
 ) -> Result<Vec<Effect>, StoreError> {
     let status = status_str(outcome.status);
     let result = outcome.result.as_ref().map(to_json).transpose()?;
-    let closed = sqlx::query(
-        "UPDATE attempts SET status = ?, error = ?, retryable = ?, finished_ms = ?, \
-         last_seq = MAX(last_seq, ?) \
-         WHERE run_id = ? AND number = ? AND status IN ('PENDING', 'RUNNING')",
-    )
-    .bind(status)
-    .bind(outcome.error.as_deref())
-    .bind(outcome.retryable)
-    .bind(outcome.finished_ms)
-    .bind(outcome.last_seq as i64)
-    .bind(run_id)
-    .bind(i64::from(attempt))
-    .execute(&mut *conn)
-    .await
-    .map_err(classify)?
-    .rows_affected();
+    let closed = conn
+        .execute(
+            "UPDATE attempts SET status = $1, error = $2, retryable = $3, finished_ms = $4, \
+             last_seq = CASE WHEN last_seq > $5 THEN last_seq ELSE $5 END \
+             WHERE run_id = $6 AND number = $7 AND status IN ('PENDING', 'RUNNING')",
+            params![
+                status,
+                outcome.error.as_deref(),
+                outcome.retryable,
+                outcome.finished_ms,
+                outcome.last_seq as i64,
+                run_id,
+                attempt,
+            ],
+        )
+        .await?;
     let Some(head) = run_head(conn, run_id).await? else {
         return Ok(Vec::new());
     };
@@ -116,12 +108,11 @@ pub async fn finish_attempt(
     );
     let mut effects = Vec::new();
     if let Some(wait) = plan.retry_in_ms {
-        sqlx::query("UPDATE runs SET error = ? WHERE id = ?")
-            .bind(outcome.error.as_deref())
-            .bind(run_id)
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?;
+        conn.execute(
+            "UPDATE runs SET error = $1 WHERE id = $2",
+            params![outcome.error.as_deref(), run_id],
+        )
+        .await?;
         new_attempt(
             conn,
             run_id,
@@ -133,40 +124,36 @@ pub async fn finish_attempt(
         effects.push(Effect::Dispatch(run_id.to_owned()));
         return Ok(effects);
     }
-    sqlx::query(
-        "UPDATE runs SET status = ?, error = ?, result = ?, finished_ms = ?, \
-         notification = ?, notification_status = ? WHERE id = ?",
+    conn.execute(
+        "UPDATE runs SET status = $1, error = $2, result = $3, finished_ms = $4, \
+         notification = $5, notification_status = $6 WHERE id = $7",
+        params![
+            status,
+            outcome.error.as_deref(),
+            result.as_deref(),
+            outcome.finished_ms,
+            plan.notify.map(notification_str),
+            plan.notify.map(|_| "PENDING"),
+            run_id,
+        ],
     )
-    .bind(status)
-    .bind(outcome.error.as_deref())
-    .bind(result)
-    .bind(outcome.finished_ms)
-    .bind(plan.notify.map(notification_str))
-    .bind(plan.notify.map(|_| "PENDING"))
-    .bind(run_id)
-    .execute(&mut *conn)
-    .await
-    .map_err(classify)?;
-    sqlx::query("UPDATE schedules SET consecutive_failures = ? WHERE id = ?")
-        .bind(plan.consecutive_failures)
-        .bind(&schedule.id)
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
+    .await?;
+    conn.execute(
+        "UPDATE schedules SET consecutive_failures = $1 WHERE id = $2",
+        params![plan.consecutive_failures, &schedule.id],
+    )
+    .await?;
     if plan.notify.is_some() {
         effects.push(Effect::Notify(run_id.to_owned()));
     }
     if let Some(note) = &plan.pause_note {
-        sqlx::query(
-            "UPDATE schedules SET state = 'PAUSED', pause_note = ?, pause_identity = 'almanac', \
-             paused_ms = ?, next_fire_ms = NULL WHERE id = ? AND state = 'ACTIVE'",
+        conn.execute(
+            "UPDATE schedules SET state = 'PAUSED', pause_note = $1, \
+             pause_identity = 'almanac', paused_ms = $2, next_fire_ms = NULL \
+             WHERE id = $3 AND state = 'ACTIVE'",
+            params![note, now_ms, &schedule.id],
         )
-        .bind(note)
-        .bind(now_ms)
-        .bind(&schedule.id)
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
+        .await?;
         skip_buffered(conn, &schedule.id, "the schedule was paused", now_ms).await?;
         effects.push(Effect::Paused(schedule.id.clone()));
     }
@@ -178,29 +165,29 @@ pub async fn finish_attempt(
 
 /// Starts the oldest BUFFERED run of a schedule when nothing of it is in flight.
 pub async fn promote_next(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn Conn,
     schedule_id: &str,
     now_ms: i64,
 ) -> Result<Option<String>, StoreError> {
-    let busy: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM runs WHERE schedule_id = ? AND status IN ('PENDING', 'RUNNING')",
-    )
-    .bind(schedule_id)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(classify)?;
-    if busy > 0 {
+    let busy = conn
+        .fetch_optional(
+            "SELECT id FROM runs WHERE schedule_id = $1 AND status IN ('PENDING', 'RUNNING') \
+             LIMIT 1",
+            params![schedule_id],
+        )
+        .await?;
+    if busy.is_some() {
         return Ok(None);
     }
-    let next: Option<String> = sqlx::query_scalar(
-        "SELECT id FROM runs WHERE schedule_id = ? AND status = 'BUFFERED' \
-         ORDER BY nominal_ms, id LIMIT 1",
-    )
-    .bind(schedule_id)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(classify)?;
-    let Some(run_id) = next else { return Ok(None) };
+    let next = conn
+        .fetch_optional(
+            "SELECT id FROM runs WHERE schedule_id = $1 AND status = 'BUFFERED' \
+             ORDER BY nominal_ms, id LIMIT 1",
+            params![schedule_id],
+        )
+        .await?;
+    let Some(row) = next else { return Ok(None) };
+    let run_id: String = col(&row, "id")?;
     let timeout = load_schedule(conn, schedule_id)
         .await?
         .and_then(|s| s.policy.timeout_ms);
@@ -210,29 +197,24 @@ pub async fn promote_next(
 
 /// Marks a schedule's BUFFERED runs SKIPPED with `reason`.
 pub async fn skip_buffered(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn Conn,
     schedule_id: &str,
     reason: &str,
     now_ms: i64,
 ) -> Result<u64, StoreError> {
-    Ok(sqlx::query(
-        "UPDATE runs SET status = 'SKIPPED', reason = ?, finished_ms = ? \
-         WHERE schedule_id = ? AND status = 'BUFFERED'",
+    conn.execute(
+        "UPDATE runs SET status = 'SKIPPED', reason = $1, finished_ms = $2 \
+         WHERE schedule_id = $3 AND status = 'BUFFERED'",
+        params![reason, now_ms, schedule_id],
     )
-    .bind(reason)
-    .bind(now_ms)
-    .bind(schedule_id)
-    .execute(conn)
     .await
-    .map_err(classify)?
-    .rows_affected())
 }
 
 /// Asks runs in flight to stop, for an overlap policy or a `CancelRun`: a PENDING run (its
 /// execution not known to have started) ends CANCELLED now; a RUNNING one is marked and its
 /// execution asked to stop. Runs already final are left alone.
 pub async fn request_cancels(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn Conn,
     cancels: &[(String, CancelMode)],
     reason: &str,
     now_ms: i64,
@@ -246,25 +228,18 @@ pub async fn request_cancels(
         match head.status {
             RunStatus::Pending | RunStatus::Buffered => {
                 let error = format!("cancelled: {reason}");
-                sqlx::query(
-                    "UPDATE runs SET status = 'CANCELLED', error = ?, finished_ms = ? WHERE id = ?",
+                conn.execute(
+                    "UPDATE runs SET status = 'CANCELLED', error = $1, finished_ms = $2 \
+                     WHERE id = $3",
+                    params![&error, now_ms, run_id],
                 )
-                .bind(&error)
-                .bind(now_ms)
-                .bind(run_id)
-                .execute(&mut *conn)
-                .await
-                .map_err(classify)?;
-                sqlx::query(
-                    "UPDATE attempts SET status = 'CANCELLED', error = ?, finished_ms = ? \
-                     WHERE run_id = ? AND status IN ('PENDING', 'RUNNING')",
+                .await?;
+                conn.execute(
+                    "UPDATE attempts SET status = 'CANCELLED', error = $1, finished_ms = $2 \
+                     WHERE run_id = $3 AND status IN ('PENDING', 'RUNNING')",
+                    params![&error, now_ms, run_id],
                 )
-                .bind(&error)
-                .bind(now_ms)
-                .bind(run_id)
-                .execute(&mut *conn)
-                .await
-                .map_err(classify)?;
+                .await?;
                 if head.status == RunStatus::Pending {
                     // An Execute may be racing this: ask the executor to stop the key too.
                     effects.push(Effect::CancelExecution {
@@ -279,15 +254,13 @@ pub async fn request_cancels(
                 }
             }
             RunStatus::Running => {
-                sqlx::query(
+                conn.execute(
                     "UPDATE runs SET cancel_requested = CASE \
-                       WHEN cancel_requested = 'TERMINATE' THEN 'TERMINATE' ELSE ? END WHERE id = ?",
+                       WHEN cancel_requested = 'TERMINATE' THEN 'TERMINATE' ELSE $1 END \
+                     WHERE id = $2",
+                    params![cancel_mode_str(*mode), run_id],
                 )
-                .bind(cancel_mode_str(*mode))
-                .bind(run_id)
-                .execute(&mut *conn)
-                .await
-                .map_err(classify)?;
+                .await?;
                 effects.push(Effect::CancelExecution {
                     run_id: run_id.clone(),
                     key,
@@ -303,7 +276,7 @@ pub async fn request_cancels(
 
 /// `CancelRun`: cancels one run that is not final.
 pub async fn cancel_run(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn Conn,
     run_id: &str,
     mode: CancelMode,
     reason: &str,
@@ -332,18 +305,17 @@ pub async fn cancel_run(
 
 /// `RerunRun`: a new attempt of a final run, PENDING now.
 pub async fn rerun_run(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn Conn,
     run_id: &str,
     now_ms: i64,
 ) -> Result<(Run, Vec<Effect>), StoreError> {
-    let row = sqlx::query(
-        "SELECT schedule_id, status, attempt, missed_count, action FROM runs WHERE id = ?",
-    )
-    .bind(run_id)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(classify)?
-    .ok_or_else(|| StoreError::NotFound(format!("run {run_id:?}")))?;
+    let row = conn
+        .fetch_optional(
+            "SELECT schedule_id, status, attempt, missed_count, action FROM runs WHERE id = $1",
+            params![run_id],
+        )
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("run {run_id:?}")))?;
     let status = parse_status(&col::<String>(&row, "status")?)?;
     if !status.is_terminal() {
         return Err(StoreError::Conflict(format!(
@@ -360,24 +332,20 @@ pub async fn rerun_run(
     let schedule = load_schedule(conn, &schedule_id)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("schedule {schedule_id:?}")))?;
-    if row
-        .try_get::<Option<String>, _>("action")
-        .map_err(classify)?
-        .is_none()
-    {
-        sqlx::query("UPDATE runs SET action = ? WHERE id = ?")
-            .bind(to_json(&schedule.action)?)
-            .bind(run_id)
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?;
+    if col::<Option<String>>(&row, "action")?.is_none() {
+        let action = to_json(&schedule.action)?;
+        conn.execute(
+            "UPDATE runs SET action = $1 WHERE id = $2",
+            params![&action, run_id],
+        )
+        .await?;
     }
     let attempt = col::<i64>(&row, "attempt")? as u32 + 1;
-    sqlx::query("UPDATE runs SET error = NULL, result = NULL, reason = NULL WHERE id = ?")
-        .bind(run_id)
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
+    conn.execute(
+        "UPDATE runs SET error = NULL, result = NULL, reason = NULL WHERE id = $1",
+        params![run_id],
+    )
+    .await?;
     new_attempt(conn, run_id, attempt, now_ms, schedule.policy.timeout_ms).await?;
     let run = load_run(conn, run_id)
         .await?
