@@ -214,7 +214,11 @@ fn check_schedule(
             let ok = r.missed.is_none()
                 && trigger(r) == pb::RunTrigger::Scheduled
                 && is(r, pb::RunStatus::Succeeded);
-            if !ok {
+            if !ok && behind_a_slow_run(r, &cover) {
+                // SKIP did its job: the previous on-time run was still in flight (it
+                // took over a second on the loaded machine, but at most SLOW_RUN_MS).
+                tally.skips_behind_a_slow_run += 1;
+            } else if !ok {
                 v.at(
                     &s.id,
                     t,
@@ -595,4 +599,34 @@ fn check_deliveries(
             }
         }
     }
+}
+
+/// The longest an on-time run may take, nominal time to finish, for a fire skipped behind
+/// it outside every interval to count as the SKIP policy at work rather than a fault.
+const SLOW_RUN_MS: i64 = 3_000;
+
+/// Whether `r` is a scheduled fire SKIPPED by overlap behind an earlier run of its
+/// schedule that the ledger shows really in flight when `r` was written, and that
+/// SUCCEEDED within `SLOW_RUN_MS` of its own nominal time.
+fn behind_a_slow_run(r: &pb::Run, cover: &BTreeMap<i64, &pb::Run>) -> bool {
+    let Some(blocker_id) = r
+        .reason
+        .strip_prefix("overlap policy SKIP: run ")
+        .and_then(|rest| rest.strip_suffix(" was in flight"))
+    else {
+        return false;
+    };
+    if trigger(r) != pb::RunTrigger::Scheduled || !is(r, pb::RunStatus::Skipped) {
+        return false;
+    }
+    let Some(written) = ts(&r.create_time) else {
+        return false;
+    };
+    cover.values().any(|b| {
+        b.id == blocker_id
+            && trigger(b) == pb::RunTrigger::Scheduled
+            && is(b, pb::RunStatus::Succeeded)
+            && nominal_ms(b) < nominal_ms(r)
+            && ts(&b.finish_time).is_some_and(|f| f >= written && f - nominal_ms(b) <= SLOW_RUN_MS)
+    })
 }

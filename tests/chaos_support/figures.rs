@@ -31,6 +31,9 @@ pub struct Tally {
     pub overlap_skipped: usize,
     /// Of which behind a run a killed service left in flight.
     pub skips_behind_a_crash: usize,
+    /// Of which outside every interval, behind an on-time run still in flight (a run
+    /// that took more than a second on the loaded machine).
+    pub skips_behind_a_slow_run: usize,
     pub deliveries: usize,
     /// Idempotency keys the sink received more than once, and the extra deliveries.
     pub repeated_keys: usize,
@@ -117,11 +120,12 @@ pub fn render(setting: &Setting<'_>, tally: &mut Tally) -> String {
         tally.catch_ups, tally.recovery_runs, tally.recovery_runs_skipped
     ));
     line(format!(
-        "  SKIPPED: coalesced {}, misfire SKIP {}, overlap {} (behind a run a killed service left in flight: {}); MISSED seconds: {}",
+        "  SKIPPED: coalesced {}, misfire SKIP {}, overlap {} (behind a run a killed service left in flight: {}; outside the intervals behind a run slower than a second: {}); MISSED seconds: {}",
         tally.coalesced,
         tally.misfire_skipped,
         tally.overlap_skipped,
         tally.skips_behind_a_crash,
+        tally.skips_behind_a_slow_run,
         tally
             .by_status
             .get("RUN_STATUS_MISSED")
