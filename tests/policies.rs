@@ -1,7 +1,7 @@
 //! The scheduling policies of DESIGN §4.4 through the real gRPC API, against a slow or
 //! failing loopback target: the six overlap policies, the schedule's own retries, the
 //! attempt timeout, pause_on_failure, on_failure / on_recovery notifications, CancelRun,
-//! RerunRun, backfill and retention.
+//! RerunRun (backfill and retention: `backfill_and_retention.rs`).
 
 mod common;
 
@@ -9,32 +9,12 @@ use std::time::Duration;
 
 use almanac_proto::executor::v1 as ex;
 use almanac_proto::scheduler::v1::{self as pb, scheduler_service_client::SchedulerServiceClient};
-use almanac_proto::time::{ms_to_duration, ms_to_timestamp, timestamp_to_ms};
+use almanac_proto::time::{ms_to_duration, timestamp_to_ms};
 use common::sink::Sink;
 use common::*;
 use tonic::transport::Channel;
 
 type Client = SchedulerServiceClient<Channel>;
-
-/// Creates an idle schedule (fires yearly) calling `url`, adjusted by `tune`.
-async fn idle(client: &mut Client, id: &str, url: &str, tune: impl FnOnce(&mut pb::Schedule)) {
-    let mut req = create(id, cron(YEARLY, "UTC"), call_api("GET", url));
-    tune(req.schedule.as_mut().unwrap());
-    client.create_schedule(req).await.expect("create");
-}
-
-async fn trigger(client: &mut Client, id: &str) -> pb::Run {
-    client
-        .trigger_schedule(pb::TriggerScheduleRequest {
-            schedule_id: id.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("trigger")
-        .into_inner()
-        .run
-        .unwrap()
-}
 
 async fn get_run(client: &mut Client, id: &str) -> pb::Run {
     client
@@ -84,9 +64,9 @@ async fn buffer_one_keeps_one_run_waiting_and_skips_the_rest_as_overruns() {
         s.overlap_policy = pb::OverlapPolicy::BufferOne as i32
     })
     .await;
-    let first = trigger(&mut client, "b1").await;
-    let second = trigger(&mut client, "b1").await;
-    let third = trigger(&mut client, "b1").await;
+    let first = trigger_now(&mut client, "b1").await;
+    let second = trigger_now(&mut client, "b1").await;
+    let third = trigger_now(&mut client, "b1").await;
     assert_eq!(status_of(&first), pb::RunStatus::Pending);
     assert_eq!(status_of(&second), pb::RunStatus::Buffered);
     assert_eq!(status_of(&third), pb::RunStatus::Skipped);
@@ -118,7 +98,7 @@ async fn buffer_all_runs_every_waiting_run_in_order_up_to_its_bound() {
     .await;
     let mut runs = Vec::new();
     for _ in 0..4 {
-        runs.push(trigger(&mut client, "ball").await);
+        runs.push(trigger_now(&mut client, "ball").await);
     }
     let statuses: Vec<_> = runs.iter().map(status_of).collect();
     assert_eq!(
@@ -154,7 +134,7 @@ async fn cancel_other_lets_the_call_in_flight_finish_and_terminate_other_cuts_it
         s.overlap_policy = pb::OverlapPolicy::CancelOther as i32
     })
     .await;
-    let old = trigger(&mut client, "cancel").await;
+    let old = trigger_now(&mut client, "cancel").await;
     wait_for_run(&client, &old.id, "the first run to start", |r| {
         status_of(r) == pb::RunStatus::Running
     })
@@ -168,7 +148,7 @@ async fn cancel_other_lets_the_call_in_flight_finish_and_terminate_other_cuts_it
         },
     )
     .await;
-    let new = trigger(&mut client, "cancel").await;
+    let new = trigger_now(&mut client, "cancel").await;
     assert_eq!(status_of(&new), pb::RunStatus::Buffered);
     let new = wait_for_run(&client, &new.id, "the new run to succeed", |r| {
         status_of(r) == pb::RunStatus::Succeeded
@@ -187,7 +167,7 @@ async fn cancel_other_lets_the_call_in_flight_finish_and_terminate_other_cuts_it
         s.overlap_policy = pb::OverlapPolicy::TerminateOther as i32
     })
     .await;
-    let old = trigger(&mut client, "terminate").await;
+    let old = trigger_now(&mut client, "terminate").await;
     eventually(
         Duration::from_secs(10),
         "the target to get the first call",
@@ -198,7 +178,7 @@ async fn cancel_other_lets_the_call_in_flight_finish_and_terminate_other_cuts_it
     )
     .await;
     let started = std::time::Instant::now();
-    let new = trigger(&mut client, "terminate").await;
+    let new = trigger_now(&mut client, "terminate").await;
     assert_eq!(
         status_of(&new),
         pb::RunStatus::Pending,
@@ -234,7 +214,7 @@ async fn a_schedule_retry_makes_new_attempts_until_success_or_the_last_error() {
     let mut req = create("flaky", cron(YEARLY, "UTC"), call_once(&sink.url("/flaky")));
     retry(req.schedule.as_mut().unwrap());
     client.create_schedule(req).await.expect("create");
-    let run = trigger(&mut client, "flaky").await;
+    let run = trigger_now(&mut client, "flaky").await;
     let run = wait_for_run(&client, &run.id, "success on attempt 3", |r| {
         status_of(r) == pb::RunStatus::Succeeded
     })
@@ -266,7 +246,7 @@ async fn a_schedule_retry_makes_new_attempts_until_success_or_the_last_error() {
     let mut req = create("down", cron(YEARLY, "UTC"), call_once(&sink.url("/down")));
     retry(req.schedule.as_mut().unwrap());
     client.create_schedule(req).await.expect("create");
-    let run = trigger(&mut client, "down").await;
+    let run = trigger_now(&mut client, "down").await;
     let run = wait_for_run(&client, &run.id, "the retries to run out", |r| {
         status_of(r) == pb::RunStatus::Failed
     })
@@ -290,7 +270,7 @@ async fn an_attempt_past_its_timeout_ends_timed_out_and_the_request_is_cut() {
     })
     .await;
     let started = std::time::Instant::now();
-    let run = trigger(&mut client, "slow").await;
+    let run = trigger_now(&mut client, "slow").await;
     let run = wait_for_run(&client, &run.id, "the run to time out", |r| {
         status_of(r) == pb::RunStatus::TimedOut
     })
@@ -330,7 +310,7 @@ async fn failures_in_a_row_pause_the_schedule_and_notify_and_a_success_notifies_
         s.on_recovery = Some(notify("recovered"));
     })
     .await;
-    let first = trigger(&mut client, "fragile").await;
+    let first = trigger_now(&mut client, "fragile").await;
     wait_for_run(&client, &first.id, "the first failure", |r| {
         status_of(r) == pb::RunStatus::Failed
     })
@@ -354,7 +334,7 @@ async fn failures_in_a_row_pause_the_schedule_and_notify_and_a_success_notifies_
         pb::ScheduleState::Active as i32
     );
 
-    let second = trigger(&mut client, "fragile").await;
+    let second = trigger_now(&mut client, "fragile").await;
     wait_for_run(&client, &second.id, "the second failure", |r| {
         status_of(r) == pb::RunStatus::Failed
     })
@@ -385,12 +365,12 @@ async fn failures_in_a_row_pause_the_schedule_and_notify_and_a_success_notifies_
         .expect("resume");
     // Resuming clears the count: a success after it is no recovery, so fail once more first.
     sink.script("/broken", &[404]);
-    let third = trigger(&mut client, "fragile").await;
+    let third = trigger_now(&mut client, "fragile").await;
     wait_for_run(&client, &third.id, "a failure after the resume", |r| {
         status_of(r) == pb::RunStatus::Failed
     })
     .await;
-    let fourth = trigger(&mut client, "fragile").await;
+    let fourth = trigger_now(&mut client, "fragile").await;
     wait_for_run(&client, &fourth.id, "a success", |r| {
         status_of(r) == pb::RunStatus::Succeeded
     })
@@ -420,7 +400,7 @@ async fn cancel_run_stops_a_waiting_or_running_run_and_rerun_gives_a_failed_run_
     let mut client = stack.scheduler_client().await;
 
     idle(&mut client, "long", &sink.url("/slow"), |_| {}).await;
-    let run = trigger(&mut client, "long").await;
+    let run = trigger_now(&mut client, "long").await;
     wait_for_run(&client, &run.id, "the run to start", |r| {
         status_of(r) == pb::RunStatus::Running
     })
@@ -455,7 +435,7 @@ async fn cancel_run_stops_a_waiting_or_running_run_and_rerun_gives_a_failed_run_
     );
 
     idle(&mut client, "fixable", &sink.url("/fixable"), |_| {}).await;
-    let failed = trigger(&mut client, "fixable").await;
+    let failed = trigger_now(&mut client, "fixable").await;
     wait_for_run(&client, &failed.id, "the failure", |r| {
         status_of(r) == pb::RunStatus::Failed
     })
@@ -481,184 +461,4 @@ async fn cancel_run_stops_a_waiting_or_running_run_and_rerun_gives_a_failed_run_
         pb::RunStatus::Failed as i32,
         "the first attempt's record is kept"
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backfill_keeps_to_the_schedules_start_time() {
-    let stack = Stack::start().await;
-    let sink = Sink::start().await;
-    let mut client = stack.scheduler_client().await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let hour = 3_600_000;
-    let start = now - 2 * hour - hour / 2;
-    idle(&mut client, "bounded", &sink.url("/b"), |s| {
-        s.spec = Some(cron("0 * * * *", "UTC"));
-        s.start_time = Some(ms_to_timestamp(start));
-    })
-    .await;
-    let answer = client
-        .backfill_schedule(pb::BackfillScheduleRequest {
-            schedule_id: "bounded".into(),
-            start_time: Some(ms_to_timestamp(now - 5 * hour)),
-            end_time: Some(ms_to_timestamp(now)),
-            ..Default::default()
-        })
-        .await
-        .expect("backfill")
-        .into_inner();
-    let hours_since_start = (start.div_euclid(hour) + 1..=now.div_euclid(hour)).count() as i64;
-    assert_eq!(
-        answer.created, hours_since_start,
-        "only the fires at or after start_time"
-    );
-    for run in all_runs(&mut client, "bounded").await {
-        assert!(nominal_ms(&run) >= start, "{run:?}");
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backfill_writes_the_missing_fires_of_a_range_and_leaves_existing_rows_alone() {
-    let stack = Stack::start().await;
-    let sink = Sink::start().await;
-    let mut client = stack.scheduler_client().await;
-    // Fires every second; created now, so everything before now is the past.
-    let mut req = create("bf", every(1_000), call_api("GET", &sink.url("/bf")));
-    req.schedule.as_mut().unwrap().overlap_policy = pb::OverlapPolicy::AllowAll as i32;
-    client.create_schedule(req).await.expect("create");
-    let runs = eventually(Duration::from_secs(20), "two scheduled runs", || {
-        let mut client = client.clone();
-        async move {
-            let runs = all_runs(&mut client, "bf").await;
-            (runs
-                .iter()
-                .filter(|r| status_of(r) == pb::RunStatus::Succeeded)
-                .count()
-                >= 2)
-                .then_some(runs)
-        }
-    })
-    .await;
-    client
-        .pause_schedule(pb::PauseScheduleRequest {
-            schedule_id: "bf".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let existing: Vec<(String, i64)> = all_runs(&mut client, "bf")
-        .await
-        .iter()
-        .map(|r| (r.id.clone(), nominal_ms(r)))
-        .collect();
-    let newest = runs.iter().map(nominal_ms).max().unwrap();
-    let start = newest - 9_000;
-    let answer = client
-        .backfill_schedule(pb::BackfillScheduleRequest {
-            schedule_id: "bf".into(),
-            start_time: Some(ms_to_timestamp(start)),
-            end_time: Some(ms_to_timestamp(newest)),
-            overlap_policy: 0,
-            max_per_second: 50,
-        })
-        .await
-        .expect("backfill")
-        .into_inner();
-    let in_range = existing
-        .iter()
-        .filter(|(_, n)| (start..=newest).contains(n))
-        .count() as i64;
-    assert_eq!(answer.existing, in_range);
-    assert_eq!(answer.created, 10 - in_range);
-    let runs = eventually(Duration::from_secs(30), "the backfill to finish", || {
-        let mut client = client.clone();
-        async move {
-            let runs = all_runs(&mut client, "bf").await;
-            runs.iter()
-                .all(|r| {
-                    !matches!(
-                        status_of(r),
-                        pb::RunStatus::Pending | pb::RunStatus::Running
-                    )
-                })
-                .then_some(runs)
-        }
-    })
-    .await;
-    for t in (start..=newest).step_by(1_000) {
-        let rows: Vec<_> = runs.iter().filter(|r| nominal_ms(r) == t).collect();
-        assert_eq!(rows.len(), 1, "one row for {t}");
-    }
-    for (id, _) in &existing {
-        let row = runs
-            .iter()
-            .find(|r| &r.id == id)
-            .expect("existing rows kept");
-        assert_ne!(row.trigger, pb::RunTrigger::Backfill as i32);
-    }
-    let backfilled: Vec<_> = runs
-        .iter()
-        .filter(|r| r.trigger == pb::RunTrigger::Backfill as i32)
-        .collect();
-    assert_eq!(backfilled.len() as i64, answer.created);
-    assert!(
-        backfilled
-            .iter()
-            .all(|r| status_of(r) == pb::RunStatus::Succeeded)
-    );
-    let future = client
-        .backfill_schedule(pb::BackfillScheduleRequest {
-            schedule_id: "bf".into(),
-            start_time: Some(ms_to_timestamp(start)),
-            end_time: Some(ms_to_timestamp(
-                chrono::Utc::now().timestamp_millis() + 60_000,
-            )),
-            ..Default::default()
-        })
-        .await;
-    assert_eq!(future.unwrap_err().code(), tonic::Code::InvalidArgument);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_keeps_the_newest_finished_runs_and_never_a_waiting_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let executor = start_executor(dir.path()).await;
-    let scheduler = start_scheduler_tuned(dir.path(), &executor.url(), None, |c| {
-        c.engine.retention_every = Duration::from_millis(200);
-    })
-    .await;
-    let sink = Sink::start().await;
-    sink.respond("/slow", 200, Duration::from_millis(400));
-    let mut client = scheduler_client(&scheduler.url()).await;
-    idle(&mut client, "kept", &sink.url("/slow"), |s| {
-        s.overlap_policy = pb::OverlapPolicy::BufferAll as i32;
-        s.retention = Some(pb::RetentionPolicy {
-            keep_last: 2,
-            max_age: None,
-        });
-    })
-    .await;
-    let mut runs = Vec::new();
-    for _ in 0..5 {
-        runs.push(trigger(&mut client, "kept").await);
-    }
-    wait_for_run(&client, &runs[4].id, "the last run", |r| {
-        status_of(r) == pb::RunStatus::Succeeded
-    })
-    .await;
-    let left = eventually(Duration::from_secs(20), "retention to prune", || {
-        let mut client = client.clone();
-        async move {
-            let left = all_runs(&mut client, "kept").await;
-            (left.len() == 2).then_some(left)
-        }
-    })
-    .await;
-    let mut ids: Vec<&str> = left.iter().map(|r| r.id.as_str()).collect();
-    ids.sort();
-    let mut newest: Vec<&str> = runs[3..].iter().map(|r| r.id.as_str()).collect();
-    newest.sort();
-    assert_eq!(ids, newest, "the two newest runs are kept");
 }

@@ -7,6 +7,7 @@
 
 pub mod checks;
 pub mod figures;
+pub mod runs;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

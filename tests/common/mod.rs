@@ -368,6 +368,32 @@ pub async fn trigger_idle_schedule(
         .expect("run")
 }
 
+/// Creates an idle schedule (fires yearly) calling `url`, adjusted by `tune`.
+pub async fn idle(
+    client: &mut SchedulerServiceClient<Channel>,
+    id: &str,
+    url: &str,
+    tune: impl FnOnce(&mut pb::Schedule),
+) {
+    let mut req = create(id, cron(YEARLY, "UTC"), call_api("GET", url));
+    tune(req.schedule.as_mut().unwrap());
+    client.create_schedule(req).await.expect("create");
+}
+
+/// Runs a schedule now (`TriggerSchedule`); returns the run.
+pub async fn trigger_now(client: &mut SchedulerServiceClient<Channel>, id: &str) -> pb::Run {
+    client
+        .trigger_schedule(pb::TriggerScheduleRequest {
+            schedule_id: id.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("trigger")
+        .into_inner()
+        .run
+        .unwrap()
+}
+
 /// Whether nothing will change a run's status again.
 pub fn is_terminal(run: &pb::Run) -> bool {
     !matches!(
