@@ -26,6 +26,27 @@ pub const EVENT_BATCH: u32 = 256;
 /// depends on the in-memory notification alone.
 pub const WATCH_RECHECK: Duration = Duration::from_secs(1);
 
+/// How often a watcher of an execution that this process does not run (another replica
+/// does, or nobody yet) reads the store for new events.
+pub const WATCH_POLL: Duration = Duration::from_millis(200);
+
+/// The execution lease when the configuration does not say.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15);
+/// The shortest execution lease accepted.
+pub const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
+
+/// Parses a lease TTL flag: a humantime duration of at least `MIN_LEASE_TTL`.
+pub fn parse_lease_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if ttl < MIN_LEASE_TTL {
+        return Err(format!(
+            "the lease TTL must be at least {}",
+            humantime::format_duration(MIN_LEASE_TTL)
+        ));
+    }
+    Ok(ttl)
+}
+
 /// The executor's configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -43,6 +64,14 @@ pub struct Config {
     /// longest time the scheduler may stay down: a scheduler re-sends the attempts it had
     /// in flight, and a pruned key would run again.
     pub retention: Duration,
+    /// This process's name among the executors sharing a database: it owns the leases of
+    /// the executions it runs. A stable id (a StatefulSet pod's name) lets a restarted
+    /// process take its executions back at once; the default is a fresh UUIDv7.
+    pub replica_id: String,
+    /// How long an execution's lease lasts without renewal (renewed every third of it;
+    /// at least `MIN_LEASE_TTL`). After a crash, other replicas adopt the process's
+    /// executions once it has passed.
+    pub lease_ttl: Duration,
 }
 
 /// How long finished executions are kept when the configuration does not say.
@@ -61,6 +90,8 @@ impl Config {
             max_concurrent_executions: 256,
             actions: ActionsConfig::default(),
             retention: DEFAULT_RETENTION,
+            replica_id: uuid::Uuid::now_v7().to_string(),
+            lease_ttl: DEFAULT_LEASE_TTL,
         }
     }
 }
@@ -231,6 +262,19 @@ mod tests {
         assert_eq!(c.egress.allow.len(), 2);
         assert_eq!(c.commands.allow, [PathBuf::from("/bin/echo")]);
         assert!(!format!("{c:?}").contains("\"pw\""), "secrets never print");
+    }
+
+    #[test]
+    fn lease_ttls_below_a_second_are_refused() {
+        assert_eq!(parse_lease_ttl("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_lease_ttl("1s"), Ok(MIN_LEASE_TTL));
+        assert!(
+            parse_lease_ttl("900ms")
+                .unwrap_err()
+                .contains("at least 1s")
+        );
+        assert!(parse_lease_ttl("soon").is_err());
+        assert_ne!(Config::new("a").replica_id, Config::new("a").replica_id);
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub enum ExecutorError {
     /// lost race that the caller resolves by reading the execution again).
     #[error("execution {0} has already finished")]
     AlreadyFinished(String),
+    /// The execution is no longer held under the lease a runner wrote with: another
+    /// replica adopted it (its lease had expired). The runner stops at once.
+    #[error("execution {0} is run by another replica now (its lease was lost)")]
+    LeaseLost(String),
     /// A worker's call does not fit its task's state: the lease expired or was
     /// superseded, or the task has ended (the message says which).
     #[error("{0}")]

@@ -130,6 +130,12 @@ pub struct ExecutionRecord {
     pub last_seq: u64,
     /// For `execute_pipeline`: the pipeline version it runs, fixed when it started.
     pub pipeline: Option<Pipeline>,
+    /// The replica holding its lease (the one running it), if any.
+    pub owner: Option<String>,
+    /// When that lease ends unless renewed (`None`: never taken).
+    pub lease_until_ms: Option<i64>,
+    /// Grows by one at every take-over; a runner's writes apply only under its own epoch.
+    pub lease_epoch: u64,
 }
 
 /// What the store needs to create an execution.
@@ -151,6 +157,10 @@ pub struct NewExecution {
     pub created_ms: i64,
     /// For `execute_pipeline`: the pipeline version it runs.
     pub pipeline: Option<Pipeline>,
+    /// The replica creating it, which takes its lease (epoch 1).
+    pub owner: String,
+    /// When that first lease ends unless renewed.
+    pub lease_until_ms: i64,
 }
 
 /// One attempt of one node, as stored.

@@ -1,8 +1,10 @@
-//! Wires the executor together and serves it: opens and migrates the store, kills what
-//! commands of a crashed process left running, resumes what a previous process left
-//! running, serves `ExecutorService`, `WorkerService`, gRPC health and reflection on the
-//! given listener until `shutdown` resolves, then stops taking work and lets the
-//! event writes in flight finish (bounded by `SHUTDOWN_GRACE`).
+//! Wires the executor together and serves it: opens and migrates the store, reads the
+//! database's clock when it is shared (PostgreSQL), kills what commands of a crashed
+//! process left running, adopts and resumes what previous processes left running, keeps
+//! the leases of its executions, serves `ExecutorService`, `WorkerService`, gRPC health
+//! and reflection on the given listener until `shutdown` resolves, then stops taking
+//! work, lets the event writes in flight finish (bounded by `SHUTDOWN_GRACE`) and
+//! releases its leases.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actions::run_task::RunTask;
 use crate::actions::{ActionEnv, ActionRegistry};
-use crate::config::{Config, SHUTDOWN_GRACE};
+use crate::config::{Config, MIN_LEASE_TTL, SHUTDOWN_GRACE};
 use crate::engine::tasks::Workers;
-use crate::engine::{Clock, Engine, SystemClock};
+use crate::engine::{Clock, DatabaseClock, Engine, Leasing, SystemClock};
 use crate::grpc::{ExecutorGrpc, PipelineGrpc, WorkerGrpc};
 use crate::store::{Backend, ExecutorStore};
 
@@ -37,9 +39,28 @@ pub async fn run(
         tracing::info!(network = %net, "egress guard: network allowed by configuration");
     }
     let stop = CancellationToken::new();
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // On a shared database the replicas compare leases on the database's clock.
+    let database_clock = match DatabaseClock::open(store.as_ref()).await {
+        Ok(clock) => clock,
+        Err(e) => {
+            store.close().await;
+            return Err(ServerError::Resume(e));
+        }
+    };
+    let clock: Arc<dyn Clock> = match &database_clock {
+        Some(clock) => Arc::clone(clock) as Arc<dyn Clock>,
+        None => Arc::new(SystemClock),
+    };
+    let leasing = Leasing {
+        replica_id: config.replica_id.clone(),
+        ttl: config.lease_ttl.max(MIN_LEASE_TTL),
+        shared_database: matches!(backend, Backend::Postgres(_)),
+    };
     let run_task = RunTask::new(&env, Arc::clone(&store), Arc::clone(&clock), stop.clone());
-    if let Err(e) = run_task.recover().await {
+    if let Err(e) = run_task
+        .recover(&leasing.replica_id, clock.now_ms(), leasing.shared_database)
+        .await
+    {
         store.close().await;
         return Err(ServerError::Resume(e));
     }
@@ -50,8 +71,12 @@ pub async fn run(
         registry,
         clock,
         config.max_concurrent_executions,
+        leasing.clone(),
         stop.clone(),
     );
+    if let Some(clock) = database_clock {
+        engine.spawn_clock_sync(clock);
+    }
     engine.spawn_retention(config.retention.max(crate::config::MIN_RETENTION));
     let resumed = match engine.resume().await {
         Ok(n) => n,
@@ -60,6 +85,7 @@ pub async fn run(
             return Err(ServerError::Resume(e));
         }
     };
+    engine.spawn_lease_keeper();
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -110,7 +136,8 @@ pub async fn run(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    tracing::info!(address, resumed, backend = backend.kind(), database = %backend, "executor serving");
+    tracing::info!(address, resumed, backend = backend.kind(), database = %backend,
+        replica_id = %leasing.replica_id, lease_ttl = ?leasing.ttl, "executor serving");
     let served = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)

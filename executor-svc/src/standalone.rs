@@ -50,6 +50,15 @@ pub struct ServeArgs {
     /// How many executions may run their actions at once.
     #[arg(long, env = "ALMANAC_EXECUTOR_MAX_CONCURRENT", default_value_t = 256)]
     pub max_concurrent_executions: usize,
+    /// This executor's name among the replicas sharing a database (it owns the leases of
+    /// the executions it runs). Give a stable one (e.g. the pod name) so that a restarted
+    /// process takes its executions back at once; default: a fresh UUIDv7 per start.
+    #[arg(long, env = "ALMANAC_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// How long an execution's lease lasts without renewal (renewed every third of it;
+    /// at least 1s). Other replicas adopt a crashed executor's executions after it.
+    #[arg(long, env = "ALMANAC_LEASE_TTL", default_value = "15s", value_parser = crate::config::parse_lease_ttl)]
+    pub lease_ttl: std::time::Duration,
     /// Log format (logs go to stderr).
     #[arg(long, value_enum, env = "ALMANAC_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -77,6 +86,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     config.database_url = args.database_url;
     config.max_concurrent_executions = args.max_concurrent_executions;
     config.retention = args.retention;
+    if let Some(id) = args.replica_id.filter(|id| !id.trim().is_empty()) {
+        config.replica_id = id;
+    }
+    config.lease_ttl = args.lease_ttl;
     config.actions = ActionsConfig::load(args.config.as_deref())?;
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();

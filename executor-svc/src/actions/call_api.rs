@@ -345,6 +345,7 @@ mod tests {
             origin,
             deadline_ms,
             now_ms: 1_000,
+            handover: tokio_util::sync::CancellationToken::new(),
         }
     }
 

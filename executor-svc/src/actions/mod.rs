@@ -42,6 +42,10 @@ pub struct ActionContext {
     pub deadline_ms: Option<i64>,
     /// Now, when the attempt starts (from the injected clock).
     pub now_ms: i64,
+    /// Fires when this process gives the execution up without ending it: another replica
+    /// adopted it. Work shared through the database (a queued task) is then left as it is
+    /// for the adopter to re-attach to, not cancelled.
+    pub handover: CancellationToken,
 }
 
 impl ActionContext {

@@ -1,15 +1,17 @@
 //! Appending events and fanning them out. An event is committed to the store before
 //! anyone sees it; watchers always read events from the store (in batches, after their
 //! cursor), and use the in-memory seq signal only to know when to look again — plus a
-//! periodic re-check — so a slow or reconnecting watcher never loses or repeats one.
+//! periodic re-check — so a slow or reconnecting watcher never loses or repeats one. An
+//! execution run by another replica has no signal here: its watchers poll the event
+//! table (`WATCH_POLL`). A runner's writes are fenced by its lease (`write`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::{Engine, EventStream};
-use crate::config::{EVENT_BATCH, WATCH_RECHECK};
+use super::{Engine, EventStream, Live};
+use crate::config::{EVENT_BATCH, WATCH_POLL, WATCH_RECHECK};
 use crate::error::ExecutorError;
 use crate::model::{Event, Transition};
 
@@ -28,6 +30,42 @@ impl Engine {
         }
         tracing::debug!(execution_id, seq = event.seq, "event appended");
         Ok(event)
+    }
+
+    /// A runner's write: commits `transition` only while the execution is held under the
+    /// runner's lease, then signals its watchers. A lost lease (another replica adopted
+    /// the execution) is `LeaseLost`, and marks the runner lost so that it stops at once.
+    pub(crate) async fn write(
+        &self,
+        live: &Live,
+        execution_id: &str,
+        transition: Transition,
+    ) -> Result<Event, ExecutorError> {
+        if live.lost.is_cancelled() {
+            return Err(ExecutorError::LeaseLost(execution_id.to_owned()));
+        }
+        let at_ms = self.clock.now_ms();
+        match self
+            .store
+            .append_as(execution_id, &live.lease, at_ms, transition)
+            .await
+        {
+            Ok(event) => {
+                live.seq.send_replace(event.seq);
+                tracing::debug!(execution_id, seq = event.seq, "event appended");
+                Ok(event)
+            }
+            Err(ExecutorError::LeaseLost(id)) => {
+                tracing::warn!(
+                    execution_id,
+                    epoch = live.lease.epoch,
+                    "execution lease lost: a write was refused, another replica adopted the execution; its runner here stops"
+                );
+                live.lost.cancel();
+                Err(ExecutorError::LeaseLost(id))
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// The events of an execution with `seq > after_seq`, live until `ExecutionFinished`
@@ -145,8 +183,9 @@ impl Watcher {
                 }
             }
             None => {
+                // Not run here (or no longer): another replica may be appending.
                 tokio::select! {
-                    () = tokio::time::sleep(WATCH_RECHECK) => {}
+                    () = tokio::time::sleep(WATCH_POLL) => {}
                     () = shutdown.cancelled() => {}
                 }
             }

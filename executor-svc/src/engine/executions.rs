@@ -14,6 +14,7 @@ use super::{Engine, EventStream, Live, runner};
 use crate::actions::templates;
 use crate::error::ExecutorError;
 use crate::model::{CancelMode, ExecutionRecord, ListQuery, NewExecution, NodeRunRecord};
+use crate::store::Lease;
 
 /// A validated request to run an action under an idempotency key.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,11 +93,13 @@ impl Engine {
                     deadline_ms: request.deadline_ms,
                     created_ms: self.clock.now_ms(),
                     pipeline,
+                    owner: self.leasing.replica_id.clone(),
+                    lease_until_ms: self.lease_until(),
                 };
                 match self.store.create_execution(&new).await {
                     Ok(created) => {
                         tracing::info!(execution_id = %created.id, idempotency_key = %key, "execution started");
-                        self.start_runner(created.id.clone());
+                        self.start_runner(created.id.clone(), created.lease_epoch);
                         created
                     }
                     // Another request with the same key won the insert: attach to it.
@@ -115,6 +118,7 @@ impl Engine {
                 record.id
             )));
         }
+        self.adopt_if_orphaned(&record).await?;
         Ok(self.event_stream(record.id, after_seq))
     }
 
@@ -203,6 +207,7 @@ impl Engine {
             return Err(ExecutorError::ShuttingDown);
         }
         let record = self.require(execution_id).await?;
+        self.adopt_if_orphaned(&record).await?;
         Ok(self.event_stream(record.id, after_seq))
     }
 
@@ -237,8 +242,9 @@ impl Engine {
         })
     }
 
-    /// Asks an execution to stop: recorded durably first (a restart honours it), then
-    /// signalled to its runner. A finished execution is returned unchanged.
+    /// Asks an execution to stop: recorded durably first (a restart honours it, and the
+    /// replica running it reads it there), then signalled to its runner when it runs here.
+    /// A finished execution is returned unchanged.
     pub async fn cancel(
         &self,
         execution_id: &str,
@@ -250,26 +256,11 @@ impl Engine {
             .request_cancel(execution_id, mode, reason)
             .await?;
         if !record.status.is_finished()
-            && let Some(live) = self.live(execution_id)
+            && let Some(mode) = record.cancel_requested
         {
-            live.stop_new.cancel();
-            if record.cancel_requested == Some(CancelMode::Terminate) {
-                live.abort.cancel();
-            }
-            tracing::info!(execution_id, mode = ?record.cancel_requested, "cancellation requested");
+            self.signal_cancel(execution_id, mode);
         }
         Ok(record)
-    }
-
-    /// Resumes every execution a previous process left PENDING or RUNNING; returns how
-    /// many. Their runners decide, from the stored state, what is left to do.
-    pub async fn resume(self: &Arc<Self>) -> Result<usize, ExecutorError> {
-        let unfinished = self.store.list_unfinished().await?;
-        for record in &unfinished {
-            tracing::info!(execution_id = %record.id, last_seq = record.last_seq, "resuming execution");
-            self.start_runner(record.id.clone());
-        }
-        Ok(unfinished.len())
     }
 
     async fn require(&self, execution_id: &str) -> Result<ExecutionRecord, ExecutorError> {
@@ -279,23 +270,63 @@ impl Engine {
             .ok_or_else(|| ExecutorError::NotFound(format!("execution {execution_id}")))
     }
 
-    /// Registers the execution as live (before its task exists, so that cancels and
-    /// watchers find it) and spawns its runner, unless one is running already.
-    fn start_runner(self: &Arc<Self>, execution_id: String) {
-        let live = {
-            let mut map = self.live_map();
-            if map.contains_key(&execution_id) {
-                return;
-            }
-            let live = Arc::new(Live::new());
-            map.insert(execution_id.clone(), Arc::clone(&live));
-            live
+    /// Registers the execution as live under lease `epoch` (before its task exists, so
+    /// that cancels and watchers find it) and spawns its runner, unless one runs already
+    /// under that epoch or a newer one. A runner here under an older epoch (its lease
+    /// expired and this process adopted the execution again) is stopped first.
+    pub(super) fn start_runner(self: &Arc<Self>, execution_id: String, epoch: u64) {
+        let lease = Lease {
+            owner: self.leasing.replica_id.clone(),
+            epoch,
         };
+        let (live, previous) = {
+            let mut map = self.live_map();
+            let previous = match map.get(&execution_id) {
+                Some(running) if running.lease.epoch >= epoch => return,
+                running => running.cloned(),
+            };
+            let live = Arc::new(Live::new(lease));
+            map.insert(execution_id.clone(), Arc::clone(&live));
+            (live, previous)
+        };
+        if let Some(previous) = &previous {
+            previous.lost.cancel();
+        }
         let engine = Arc::clone(self);
         self.tasks.spawn(async move {
-            runner::run(&engine, &execution_id, &live).await;
-            engine.live_map().remove(&execution_id);
+            if let Some(previous) = previous {
+                previous.ended.cancelled().await;
+            }
+            let retire = Retire {
+                engine: Arc::clone(&engine),
+                execution_id,
+                live,
+            };
+            runner::run(&engine, &retire.execution_id, &retire.live).await;
         });
+    }
+}
+
+/// Takes a runner's execution off the live map (unless a newer runner replaced it) and
+/// marks it ended when the runner's task ends, even by a panic.
+struct Retire {
+    engine: Arc<Engine>,
+    execution_id: String,
+    live: Arc<Live>,
+}
+
+impl Drop for Retire {
+    fn drop(&mut self) {
+        {
+            let mut map = self.engine.live_map();
+            if map
+                .get(&self.execution_id)
+                .is_some_and(|l| Arc::ptr_eq(l, &self.live))
+            {
+                map.remove(&self.execution_id);
+            }
+        }
+        self.live.ended.cancel();
     }
 }
 

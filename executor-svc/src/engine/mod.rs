@@ -2,11 +2,14 @@
 //! `executions` starts, attaches, cancels and resumes; `events` appends and fans out;
 //! `runner` runs an execution's graph and `node` one node of it to its end; `plan` says
 //! what that graph is; `pipelines` stores definitions; `tasks` holds the queues of
-//! `run_task` and the worker use cases.
+//! `run_task` and the worker use cases; `leases` keeps the leases of the executions this
+//! process runs (heartbeat, adoption, cancellations recorded through other replicas).
 
+mod book;
 pub mod clock;
 mod events;
 mod executions;
+mod leases;
 mod node;
 mod pipelines;
 pub mod plan;
@@ -28,9 +31,9 @@ use tokio_util::task::TaskTracker;
 use crate::actions::ActionRegistry;
 use crate::error::ExecutorError;
 use crate::model::Event;
-use crate::store::ExecutorStore;
+use crate::store::{ExecutorStore, Lease};
 
-pub use clock::{Clock, SystemClock};
+pub use clock::{Clock, DatabaseClock, SystemClock};
 pub use executions::{ExecutionLookup, Page, StartRequest, fingerprint};
 
 /// A stream of an execution's events, in seq order, ending after `ExecutionFinished`.
@@ -49,6 +52,21 @@ pub struct Engine {
     tasks: TaskTracker,
     /// Fires when the process is shutting down: no new work, streams end, runners stop.
     shutdown: CancellationToken,
+    /// Who this process is among the executors of its database, and its leases' length.
+    leasing: Leasing,
+}
+
+/// How an engine holds the executions it runs (see `store::leases`).
+#[derive(Debug, Clone)]
+pub struct Leasing {
+    /// This process's replica id: the owner of its leases.
+    pub replica_id: String,
+    /// How long a lease lasts without renewal.
+    pub ttl: Duration,
+    /// Whether other processes may use the database (PostgreSQL): then this one adopts
+    /// only expired executions (and its own) and sweeps for orphans; on SQLite it takes
+    /// every unfinished execution at start-up.
+    pub shared_database: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -61,36 +79,47 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// The in-memory side of a running execution: the latest committed seq (a signal for
-/// watchers, who always read the events themselves from the store) and its cancel
-/// switches.
+/// The in-memory side of a running execution: the lease its writes are fenced by, the
+/// latest committed seq (a signal for watchers, who always read the events themselves
+/// from the store) and its cancel switches.
 #[derive(Debug)]
 pub(crate) struct Live {
+    lease: Lease,
     seq: watch::Sender<u64>,
     /// Graceful or terminate: start nothing new.
     stop_new: CancellationToken,
     /// Terminate: abort the work in flight.
     abort: CancellationToken,
+    /// The lease was lost (another replica adopted the execution): stop at once, write
+    /// nothing more, leave shared work (queued tasks) to the adopter.
+    lost: CancellationToken,
+    /// The runner task has ended.
+    ended: CancellationToken,
 }
 
 impl Live {
-    fn new() -> Self {
+    fn new(lease: Lease) -> Self {
         Self {
+            lease,
             seq: watch::Sender::new(0),
             stop_new: CancellationToken::new(),
             abort: CancellationToken::new(),
+            lost: CancellationToken::new(),
+            ended: CancellationToken::new(),
         }
     }
 }
 
 impl Engine {
     /// An engine over `store`, running actions from `registry`, at most
-    /// `max_concurrent_executions` at once, until `shutdown` fires.
+    /// `max_concurrent_executions` at once, holding its executions as `leasing` says,
+    /// until `shutdown` fires.
     pub fn new(
         store: Arc<dyn ExecutorStore>,
         registry: ActionRegistry,
         clock: Arc<dyn Clock>,
         max_concurrent_executions: usize,
+        leasing: Leasing,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -101,15 +130,26 @@ impl Engine {
             live: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
             shutdown,
+            leasing,
         })
     }
 
     /// Stops taking new work and waits (at most `grace`) for the runners to stop; a runner
-    /// stops at its next wait, after the event write in progress. Returns whether all did.
+    /// stops at its next wait, after the event write in progress, and gives up its
+    /// execution's lease, so another replica (or the next start) adopts it at once.
+    /// Returns whether all did.
     pub async fn shut_down(&self, grace: Duration) -> bool {
         self.shutdown.cancel();
         self.tasks.close();
         tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
+    }
+
+    /// The (execution id, epoch) of every lease this process holds.
+    fn held_leases(&self) -> Vec<(String, u64)> {
+        self.live_map()
+            .iter()
+            .map(|(id, live)| (id.clone(), live.lease.epoch))
+            .collect()
     }
 
     fn live(&self, id: &str) -> Option<Arc<Live>> {

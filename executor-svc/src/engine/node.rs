@@ -159,7 +159,7 @@ pub(super) async fn run_to_end(
                     attempt: start.attempt,
                     backoff_ms: delay as i64,
                 };
-                s.engine.append(&s.record.id, retrying).await?;
+                s.engine.write(s.live, &s.record.id, retrying).await?;
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_millis(delay)) => {}
                     () = s.live.stop_new.cancelled() => return Ok((i, NodeEnd::Cancelled)),
@@ -224,7 +224,8 @@ async fn append_started(
 ) -> Result<i64, Stop> {
     let started = s
         .engine
-        .append(
+        .write(
+            s.live,
             &s.record.id,
             Transition::NodeStarted {
                 node_id: node.id.clone(),
@@ -252,7 +253,7 @@ async fn append_failed(
         error: error.message.clone(),
         retryable: error.retryable,
     };
-    s.engine.append(&s.record.id, failed).await?;
+    s.engine.write(s.live, &s.record.id, failed).await?;
     Ok(())
 }
 
@@ -385,7 +386,7 @@ async fn attempt_once(s: &Shared<'_>, node: &PlanNode, start: &NodeStart) -> Res
             retryable: true,
         },
     };
-    s.engine.append(&s.record.id, transition).await?;
+    s.engine.write(s.live, &s.record.id, transition).await?;
     Ok(outcome)
 }
 
@@ -418,6 +419,7 @@ async fn run_handler(
         origin: s.record.origin.clone(),
         deadline_ms: s.deadline_ms,
         now_ms: s.now(),
+        handover: s.live.lost.clone(),
     };
     let cancel = CancellationToken::new();
     let _stop_handler = cancel.clone().drop_guard();

@@ -3,8 +3,9 @@
 //! SKIPPED propagates, a failure that no ON_FAILURE edge handles cancels the running
 //! siblings and records the unstarted nodes CANCELLED. A node whose result was committed
 //! never runs again; an attempt left in flight by a crash is closed and attempted again
-//! with the same key, using no try of its retry policy. On shutdown the runner stops and
-//! leaves the execution RUNNING for the next process.
+//! with the same key, using no try of its retry policy. On shutdown the runner stops,
+//! leaves the execution RUNNING and releases its lease for the next process (or another
+//! replica); every write is fenced by its lease, and a lost lease stops it at once.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -15,11 +16,12 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use serde_json::{Value, json};
 
-use super::node::{NodeEnd, NodeStart, Shared, run_to_end};
+use super::book::Book;
+use super::node::{NodeEnd, Shared, run_to_end};
 use super::plan::Plan;
 use super::{Engine, Live};
 use crate::error::ExecutorError;
-use crate::model::{ExecutionRecord, ExecutionStatus, NodeRunRecord, NodeStatus, Transition};
+use crate::model::{ExecutionStatus, NodeStatus, Transition};
 use crate::pipeline::graph::{State, Step};
 
 /// Why a runner stopped before the end: the process is shutting down (the execution
@@ -35,20 +37,36 @@ impl From<ExecutorError> for Stop {
     }
 }
 
-/// Runs the execution to its end (or until shutdown). A store error is logged and the
-/// execution is driven again from what the store holds, after a backoff, exactly as a
-/// restart would resume it, so a passing database outage never leaves it unfinished.
+/// Runs the execution to its end (or until shutdown, or until its lease is lost: then
+/// another replica runs it, and this runner stops at once, writing nothing more). A
+/// store error is logged and the execution is driven again from what the store holds,
+/// after a backoff, exactly as a restart would resume it, so a passing database outage
+/// never leaves it unfinished.
 pub(super) async fn run(engine: &Arc<Engine>, execution_id: &str, live: &Live) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match drive(engine, execution_id, live).await {
+        // A lease found lost by the heartbeat drops the drive (and the work in flight).
+        let outcome = tokio::select! {
+            outcome = drive(engine, execution_id, live) => outcome,
+            () = live.lost.cancelled() => Err(Stop::Store(ExecutorError::LeaseLost(execution_id.to_owned()))),
+        };
+        match outcome {
             Ok(()) | Err(Stop::Store(ExecutorError::AlreadyFinished(_))) => return,
+            Err(Stop::Store(ExecutorError::LeaseLost(_))) => {
+                live.lost.cancel();
+                tracing::warn!(
+                    execution_id,
+                    epoch = live.lease.epoch,
+                    "runner stopped: execution lease lost to another replica"
+                );
+                return;
+            }
             Err(Stop::Shutdown) => {
                 tracing::info!(
                     execution_id,
                     "runner stopped by shutdown; the execution resumes on the next start"
                 );
-                return;
+                return release(engine, execution_id, live).await;
             }
             Err(Stop::Store(error)) => {
                 tracing::error!(execution_id, %error, retry_in_ms = backoff.as_millis() as u64,
@@ -57,127 +75,19 @@ pub(super) async fn run(engine: &Arc<Engine>, execution_id: &str, live: &Live) {
         }
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
-            () = engine.shutdown.cancelled() => return,
+            () = engine.shutdown.cancelled() => return release(engine, execution_id, live).await,
+            () = live.lost.cancelled() => return,
         }
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
 
-/// What the store says about each node, and what the runner learns as nodes end.
-struct Book {
-    states: Vec<State>,
-    next_attempt: Vec<u32>,
-    tries_used: Vec<u32>,
-    outputs: Vec<Option<Value>>,
-    errors: Vec<Option<String>>,
-    /// Whether a failed node's last failure was retryable (it fails the execution so).
-    retryable: Vec<bool>,
-    delay_until: Vec<Option<i64>>,
-}
-
-impl Book {
-    /// The nodes' states as committed: SUCCEEDED, SKIPPED or CANCELLED nodes are done; a
-    /// node whose last attempt failed is done unless its retry policy has tries left; a
-    /// node whose last attempt was cut short runs again.
-    fn from_runs(plan: &Plan, runs: &[NodeRunRecord]) -> Self {
-        let n = plan.nodes.len();
-        let mut book = Self {
-            states: vec![State::Pending; n],
-            next_attempt: vec![1; n],
-            tries_used: vec![0; n],
-            outputs: vec![None; n],
-            errors: vec![None; n],
-            retryable: vec![false; n],
-            delay_until: vec![None; n],
-        };
-        for (i, node) in plan.nodes.iter().enumerate() {
-            let rows: Vec<&NodeRunRecord> = runs.iter().filter(|r| r.node_id == node.id).collect();
-            let Some(last) = rows.iter().max_by_key(|r| r.attempt) else {
-                continue;
-            };
-            book.next_attempt[i] = last.attempt + 1;
-            book.tries_used[i] = rows
-                .iter()
-                .filter(|r| matches!(r.status, NodeStatus::Failed | NodeStatus::TimedOut))
-                .count() as u32;
-            book.delay_until[i] = rows
-                .iter()
-                .find_map(|r| r.input.as_ref()?.get("until_ms")?.as_i64());
-            if let Some(done) = rows.iter().find(|r| r.status == NodeStatus::Succeeded) {
-                let output = done.output.clone().unwrap_or(Value::Null);
-                book.states[i] =
-                    State::Succeeded(output.as_bool().filter(|_| node.kind == "condition"));
-                book.outputs[i] = Some(output);
-                continue;
-            }
-            book.states[i] = match last.status {
-                NodeStatus::Skipped => State::Skipped,
-                NodeStatus::Cancelled if last.attempt == 0 => State::Cancelled,
-                NodeStatus::Failed | NodeStatus::TimedOut => {
-                    book.errors[i] = Some(last.error.clone());
-                    book.retryable[i] = last.retryable;
-                    let tries_left = node.backoff.max_attempts > book.tries_used[i];
-                    if last.retryable && tries_left {
-                        State::Pending
-                    } else {
-                        State::Failed
-                    }
-                }
-                _ => State::Pending,
-            };
-        }
-        book
-    }
-
-    /// Where a node starts, with the scope its templates and CEL see: the execution's
-    /// input, its finished ancestors and the execution.
-    fn start(&self, i: usize, plan: &Plan, record: &ExecutionRecord) -> NodeStart {
-        let mut nodes = serde_json::Map::new();
-        for a in plan.graph.ancestors(i) {
-            if self.states[a].is_final() {
-                nodes.insert(
-                    plan.nodes[a].id.clone(),
-                    json!({
-                        "status": state_name(self.states[a]),
-                        "output": self.outputs[a].clone().unwrap_or(Value::Null),
-                        "error": self.errors[a].clone().unwrap_or_default(),
-                    }),
-                );
-            }
-        }
-        let origin = record.origin.clone().unwrap_or_default();
-        let scope = json!({
-            "input": plan.input,
-            "nodes": nodes,
-            "execution": {
-                "id": record.id,
-                "key": record.idempotency_key,
-                "schedule_id": origin.schedule_id,
-                "run_id": origin.run_id,
-                "nominal_time": origin.nominal_time.as_ref()
-                    .map(|t| almanac_proto::time::ms_to_rfc3339(almanac_proto::time::timestamp_to_ms(t)))
-                    .unwrap_or_default(),
-                "attempt": origin.attempt,
-            },
-        });
-        NodeStart {
-            index: i,
-            attempt: self.next_attempt[i],
-            try_number: self.tries_used[i] + 1,
-            delay_until: self.delay_until[i],
-            scope,
-        }
-    }
-}
-
-fn state_name(state: State) -> &'static str {
-    match state {
-        State::Pending => "PENDING",
-        State::Running => "RUNNING",
-        State::Succeeded(_) => "SUCCEEDED",
-        State::Failed => "FAILED",
-        State::Skipped => "SKIPPED",
-        State::Cancelled => "CANCELLED",
+/// Gives up the lease of an execution this runner leaves unfinished at shutdown, so that
+/// another replica (or the next start) adopts it at once instead of after the lease.
+async fn release(engine: &Engine, execution_id: &str, live: &Live) {
+    let lease = [(execution_id.to_owned(), live.lease.epoch)];
+    if let Err(error) = engine.store.release_leases(&live.lease.owner, &lease).await {
+        tracing::warn!(execution_id, %error, "cannot release the execution's lease; it expires instead");
     }
 }
 
@@ -190,7 +100,18 @@ async fn drive(engine: &Arc<Engine>, id: &str, live: &Live) -> Result<(), Stop> 
     }
     let plan = match Plan::for_execution(&record.action, record.pipeline.as_ref()) {
         Ok(plan) => plan,
-        Err(error) => return finish(engine, id, ExecutionStatus::Failed, None, error, false).await,
+        Err(error) => {
+            return finish(
+                engine,
+                live,
+                id,
+                ExecutionStatus::Failed,
+                None,
+                error,
+                false,
+            )
+            .await;
+        }
     };
     let deadline_ms = match (record.deadline_ms, plan.timeout_ms) {
         (Some(d), Some(t)) => Some(d.min(record.created_ms + t)),
@@ -201,7 +122,8 @@ async fn drive(engine: &Arc<Engine>, id: &str, live: &Live) -> Result<(), Stop> 
         // CANCELLED, not FAILED: an interrupted attempt uses no try of the retry policy;
         // the node is attempted again with the same key.
         engine
-            .append(
+            .write(
+                live,
                 id,
                 Transition::NodeFailed {
                     node_id: run.node_id.clone(),
@@ -216,10 +138,10 @@ async fn drive(engine: &Arc<Engine>, id: &str, live: &Live) -> Result<(), Stop> 
         run.status = NodeStatus::Cancelled;
     }
     if record.cancel_requested.is_some() {
-        return finish_cancelled(engine, id, &plan, &Book::from_runs(&plan, &runs)).await;
+        return finish_cancelled(engine, live, id, &plan, &Book::from_runs(&plan, &runs)).await;
     }
     if deadline_ms.is_some_and(|d| engine.clock.now_ms() >= d) {
-        return finish_timed_out(engine, id, &plan, &Book::from_runs(&plan, &runs)).await;
+        return finish_timed_out(engine, live, id, &plan, &Book::from_runs(&plan, &runs)).await;
     }
 
     // Executions waiting for a permit stay RUNNING.
@@ -229,10 +151,10 @@ async fn drive(engine: &Arc<Engine>, id: &str, live: &Live) -> Result<(), Stop> 
             Err(_) => return Err(Stop::Shutdown),
         },
         () = live.stop_new.cancelled() => {
-            return finish_cancelled(engine, id, &plan, &Book::from_runs(&plan, &runs)).await;
+            return finish_cancelled(engine, live, id, &plan, &Book::from_runs(&plan, &runs)).await;
         }
         () = until(engine, deadline_ms) => {
-            return finish_timed_out(engine, id, &plan, &Book::from_runs(&plan, &runs)).await;
+            return finish_timed_out(engine, live, id, &plan, &Book::from_runs(&plan, &runs)).await;
         }
         () = engine.shutdown.cancelled() => return Err(Stop::Shutdown),
     };
@@ -277,7 +199,8 @@ async fn drive(engine: &Arc<Engine>, id: &str, live: &Live) -> Result<(), Stop> 
                     Step::Skip(i, reason) => {
                         let plan = &plan;
                         running.push(Box::pin(async move {
-                            not_run(engine, id, plan, i, NodeStatus::Skipped, &reason).await?;
+                            not_run(engine, live, id, plan, i, NodeStatus::Skipped, &reason)
+                                .await?;
                             Ok(None)
                         }));
                     }
@@ -338,11 +261,12 @@ async fn drive(engine: &Arc<Engine>, id: &str, live: &Live) -> Result<(), Stop> 
         || deadline_ms.is_some_and(|d| engine.clock.now_ms() >= d)
             && book.states.iter().any(|s| !s.is_final())
     {
-        return finish_timed_out(engine, id, &plan, &book).await;
+        return finish_timed_out(engine, live, id, &plan, &book).await;
     }
     if let Some((i, error, retryable)) = failure {
         cancel_unstarted(
             engine,
+            live,
             id,
             &plan,
             &book,
@@ -356,6 +280,7 @@ async fn drive(engine: &Arc<Engine>, id: &str, live: &Live) -> Result<(), Stop> 
         };
         return finish(
             engine,
+            live,
             id,
             ExecutionStatus::Failed,
             None,
@@ -365,7 +290,7 @@ async fn drive(engine: &Arc<Engine>, id: &str, live: &Live) -> Result<(), Stop> 
         .await;
     }
     if live.stop_new.is_cancelled() {
-        return finish_cancelled(engine, id, &plan, &book).await;
+        return finish_cancelled(engine, live, id, &plan, &book).await;
     }
     let result = if plan.single {
         book.outputs[0].clone()
@@ -390,6 +315,7 @@ async fn drive(engine: &Arc<Engine>, id: &str, live: &Live) -> Result<(), Stop> 
     };
     finish(
         engine,
+        live,
         id,
         ExecutionStatus::Succeeded,
         result,
@@ -408,6 +334,7 @@ type Work<'a> =
 /// stopped first).
 async fn not_run(
     engine: &Engine,
+    live: &Live,
     id: &str,
     plan: &Plan,
     i: usize,
@@ -415,7 +342,8 @@ async fn not_run(
     reason: &str,
 ) -> Result<(), Stop> {
     engine
-        .append(
+        .write(
+            live,
             id,
             Transition::NodeSkipped {
                 node_id: plan.nodes[i].id.clone(),
@@ -431,6 +359,7 @@ async fn not_run(
 /// Records every node that never started CANCELLED.
 async fn cancel_unstarted(
     engine: &Engine,
+    live: &Live,
     id: &str,
     plan: &Plan,
     book: &Book,
@@ -443,6 +372,7 @@ async fn cancel_unstarted(
         if book.states[i] == State::Pending && book.next_attempt[i] == 1 {
             not_run(
                 engine,
+                live,
                 id,
                 plan,
                 i,
@@ -457,6 +387,7 @@ async fn cancel_unstarted(
 
 async fn finish(
     engine: &Engine,
+    live: &Live,
     id: &str,
     status: ExecutionStatus,
     result: Option<Value>,
@@ -464,7 +395,8 @@ async fn finish(
     retryable: bool,
 ) -> Result<(), Stop> {
     engine
-        .append(
+        .write(
+            live,
             id,
             Transition::ExecutionFinished {
                 status,
@@ -483,7 +415,13 @@ async fn finish(
     Ok(())
 }
 
-async fn finish_cancelled(engine: &Engine, id: &str, plan: &Plan, book: &Book) -> Result<(), Stop> {
+async fn finish_cancelled(
+    engine: &Engine,
+    live: &Live,
+    id: &str,
+    plan: &Plan,
+    book: &Book,
+) -> Result<(), Stop> {
     let reason = engine
         .store
         .get_execution(id)
@@ -495,14 +433,46 @@ async fn finish_cancelled(engine: &Engine, id: &str, plan: &Plan, book: &Book) -
     } else {
         format!("cancelled on request: {reason}")
     };
-    cancel_unstarted(engine, id, plan, book, "the execution was cancelled").await?;
-    finish(engine, id, ExecutionStatus::Cancelled, None, error, false).await
+    cancel_unstarted(engine, live, id, plan, book, "the execution was cancelled").await?;
+    finish(
+        engine,
+        live,
+        id,
+        ExecutionStatus::Cancelled,
+        None,
+        error,
+        false,
+    )
+    .await
 }
 
-async fn finish_timed_out(engine: &Engine, id: &str, plan: &Plan, book: &Book) -> Result<(), Stop> {
-    cancel_unstarted(engine, id, plan, book, "the execution's deadline passed").await?;
+async fn finish_timed_out(
+    engine: &Engine,
+    live: &Live,
+    id: &str,
+    plan: &Plan,
+    book: &Book,
+) -> Result<(), Stop> {
+    cancel_unstarted(
+        engine,
+        live,
+        id,
+        plan,
+        book,
+        "the execution's deadline passed",
+    )
+    .await?;
     let error = "timed out: the execution's deadline passed".to_owned();
-    finish(engine, id, ExecutionStatus::TimedOut, None, error, true).await
+    finish(
+        engine,
+        live,
+        id,
+        ExecutionStatus::TimedOut,
+        None,
+        error,
+        true,
+    )
+    .await
 }
 
 /// Resolves when the deadline passes (never without one).

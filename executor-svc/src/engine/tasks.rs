@@ -136,15 +136,17 @@ impl TaskQueues {
 
     /// Waits for the task to end and returns it. When `cancel` fires before that (the
     /// execution was terminated or passed its deadline, and this future is dropped), the
-    /// task is cancelled — unless the executor is shutting down: then it stays as it is
-    /// for the next process to re-attach to.
+    /// task is cancelled — unless the executor is shutting down or `handover` fired
+    /// (another replica adopted the execution): then it stays as it is for the next
+    /// runner to re-attach to.
     pub async fn wait(
         self: &Arc<Self>,
         task_id: &str,
         cancel: CancellationToken,
+        handover: CancellationToken,
     ) -> Result<TaskRecord, ExecutorError> {
         let finished = Arc::new(AtomicBool::new(false));
-        self.cancel_on(task_id.to_owned(), cancel, Arc::clone(&finished));
+        self.cancel_on(task_id.to_owned(), cancel, handover, Arc::clone(&finished));
         let ended = self.wait_for_end(task_id).await;
         finished.store(true, Ordering::SeqCst);
         ended
@@ -154,6 +156,7 @@ impl TaskQueues {
         self: &Arc<Self>,
         task_id: String,
         cancel: CancellationToken,
+        handover: CancellationToken,
         finished: Arc<AtomicBool>,
     ) {
         let this = Arc::clone(self);
@@ -161,8 +164,12 @@ impl TaskQueues {
             tokio::select! {
                 () = cancel.cancelled() => {}
                 () = this.shutdown.cancelled() => return,
+                () = handover.cancelled() => return,
             }
-            if this.shutdown.is_cancelled() || finished.load(Ordering::SeqCst) {
+            if this.shutdown.is_cancelled()
+                || handover.is_cancelled()
+                || finished.load(Ordering::SeqCst)
+            {
                 return;
             }
             let end = TaskEnd::Cancelled(

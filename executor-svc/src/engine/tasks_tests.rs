@@ -191,6 +191,8 @@ async fn queues_over_a_store() -> (tempfile::TempDir, Arc<TaskQueues>, Cancellat
             deadline_ms: None,
             created_ms: 0,
             pipeline: None,
+            owner: "replica-a".into(),
+            lease_until_ms: 60_000,
         })
         .await
         .unwrap();
@@ -207,7 +209,15 @@ async fn a_waiting_handler_gets_the_result_a_worker_completes_with() {
     queues.submit(s.clone()).await.unwrap();
     let waiter = {
         let queues = Arc::clone(&queues);
-        tokio::spawn(async move { queues.wait("e/action/1", CancellationToken::new()).await })
+        tokio::spawn(async move {
+            queues
+                .wait(
+                    "e/action/1",
+                    CancellationToken::new(),
+                    CancellationToken::new(),
+                )
+                .await
+        })
     };
     let q = vec!["agents".to_owned()];
     let task = queues
@@ -255,7 +265,7 @@ async fn a_dropped_waiter_cancels_its_task_but_not_at_shutdown() {
         let queues = Arc::clone(&queues);
         async move {
             let cancel = CancellationToken::new();
-            let wait = queues.wait(&id, cancel.clone());
+            let wait = queues.wait(&id, cancel.clone(), CancellationToken::new());
             assert!(
                 tokio::time::timeout(Duration::from_millis(20), wait)
                     .await

@@ -21,6 +21,10 @@ pub fn to_status(error: ExecutorError) -> Status {
             Status::failed_precondition(format!("execution {id} has already finished"))
         }
         ExecutorError::TaskPrecondition(message) => Status::failed_precondition(message),
+        // Runners stop on it; should it reach a caller, another replica has the execution.
+        ExecutorError::LeaseLost(id) => Status::unavailable(format!(
+            "execution {id} is run by another executor replica now; try again"
+        )),
         ExecutorError::ShuttingDown => Status::unavailable("the executor is shutting down"),
         ExecutorError::StoreUnavailable(error) => {
             tracing::warn!(%error, "database unavailable");
@@ -62,6 +66,7 @@ mod tests {
                 Code::FailedPrecondition,
             ),
             (ExecutorError::ShuttingDown, Code::Unavailable),
+            (ExecutorError::LeaseLost("e".into()), Code::Unavailable),
             (
                 ExecutorError::StoreUnavailable(sqlx::Error::PoolTimedOut),
                 Code::Unavailable,

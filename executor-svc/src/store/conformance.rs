@@ -61,5 +61,6 @@ macro_rules! conformance {
 
 // After the macro, which they use.
 mod executions;
+mod leases;
 mod pipelines;
 mod tasks;

@@ -4,6 +4,7 @@
 //! method is one use case and one transaction, so backends agree on what is atomic; the
 //! engine never sees SQL.
 
+pub mod leases;
 pub mod pipelines;
 pub mod postgres;
 mod rows;
@@ -21,6 +22,7 @@ use crate::model::{
     CancelMode, Event, ExecutionRecord, ListQuery, NewExecution, NodeRunRecord, Transition,
 };
 
+pub use leases::{AdoptScope, Adoption, Lease, LeaseStore, Renewed};
 pub use pipelines::PipelineStore;
 pub use postgres::PostgresStore;
 pub use select::{Backend, redact_url};
@@ -28,11 +30,11 @@ pub use sqlite::SqliteStore;
 pub use tasks::TaskStore;
 
 /// Where executions, their node runs and their events live (and, through `TaskStore`,
-/// the tasks and process groups of `run_task`).
+/// the tasks and process groups of `run_task`; through `LeaseStore`, who runs what).
 #[async_trait]
-pub trait ExecutorStore: TaskStore + PipelineStore + Send + Sync + 'static {
+pub trait ExecutorStore: TaskStore + PipelineStore + LeaseStore + Send + Sync + 'static {
     /// Stores a new execution (RUNNING) and its first event, `ExecutionStarted` with seq 1,
-    /// in one transaction. A taken idempotency key is `ExecutorError::AlreadyExists`: the
+    /// in one transaction; its creator (`new.owner`) holds its lease, epoch 1. A taken idempotency key is `ExecutorError::AlreadyExists`: the
     /// unique constraint decides races, and the caller then loads the existing execution.
     async fn create_execution(&self, new: &NewExecution) -> Result<ExecutionRecord, ExecutorError>;
 
@@ -48,8 +50,8 @@ pub trait ExecutorStore: TaskStore + PipelineStore + Send + Sync + 'static {
         query: &ListQuery,
     ) -> Result<Vec<ExecutionRecord>, ExecutorError>;
 
-    /// Every execution not finished (PENDING or RUNNING), oldest first: what a restart
-    /// resumes.
+    /// Every execution not finished (PENDING or RUNNING), oldest first. (A start-up
+    /// resumes them through `LeaseStore::adopt`, which also takes their leases.)
     async fn list_unfinished(&self) -> Result<Vec<ExecutionRecord>, ExecutorError>;
 
     /// The node table of an execution: one row per node attempt, by node then attempt.
@@ -66,9 +68,22 @@ pub trait ExecutorStore: TaskStore + PipelineStore + Send + Sync + 'static {
     /// Appends the event of `transition` with the next seq and applies the row updates it
     /// implies, in one transaction. An unknown execution is `NotFound`; a finished one is
     /// `AlreadyFinished` (nothing is ever appended after `ExecutionFinished`).
+    /// This is the unfenced form, for writers that do not run the execution (a worker's
+    /// progress report) and for tests.
     async fn append(
         &self,
         execution_id: &str,
+        at_ms: i64,
+        transition: Transition,
+    ) -> Result<Event, ExecutorError>;
+
+    /// `append`, fenced: it applies only while the execution is still held under `lease`
+    /// (same owner, same epoch); otherwise nothing is written and the answer is
+    /// `ExecutorError::LeaseLost`. Every write of a runner goes through here.
+    async fn append_as(
+        &self,
+        execution_id: &str,
+        lease: &Lease,
         at_ms: i64,
         transition: Transition,
     ) -> Result<Event, ExecutorError>;

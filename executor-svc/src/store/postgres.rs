@@ -176,6 +176,7 @@ macro_rules! transaction {
 
 // After the macro, which they use.
 mod executions;
+mod leases;
 mod pipelines;
 mod tasks;
 

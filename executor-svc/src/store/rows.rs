@@ -18,7 +18,7 @@ use crate::model::{
 /// The columns `execution_from_row` reads, in a SELECT list.
 pub(crate) const EXECUTION_COLUMNS: &str = "id, idempotency_key, fingerprint, action, origin, \
      deadline_ms, status, result, error, retryable, cancel_requested, cancel_reason, \
-     created_ms, started_ms, finished_ms, last_seq, pipeline";
+     created_ms, started_ms, finished_ms, last_seq, pipeline, owner, lease_until_ms, lease_epoch";
 
 /// The columns `node_run_from_row` reads, in a SELECT list.
 pub(crate) const NODE_RUN_COLUMNS: &str =
@@ -139,6 +139,9 @@ pub(crate) fn execution_from_row(row: &impl StoreRow) -> Result<ExecutionRecord,
         finished_ms: row.opt_int("finished_ms")?,
         last_seq: unsigned(row, "last_seq")?,
         pipeline: opt_json(row, "pipeline")?,
+        owner: row.opt_text("owner")?,
+        lease_until_ms: row.opt_int("lease_until_ms")?,
+        lease_epoch: unsigned(row, "lease_epoch")?,
     })
 }
 

@@ -3,6 +3,8 @@
 //! `BEGIN IMMEDIATE` so writers queue instead of failing with SQLITE_BUSY, and a small
 //! read pool so API reads never wait behind writes.
 
+mod apply;
+mod leases;
 mod pipelines;
 mod tasks;
 
@@ -13,7 +15,9 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{SqlitePool, SqliteTransaction};
 
+use self::apply::apply;
 use super::ExecutorStore;
+use super::leases::Lease;
 use super::rows::{
     EXECUTION_COLUMNS, NODE_RUN_COLUMNS, encode_json, event_from_row, execution_from_row,
     node_run_from_row,
@@ -21,7 +25,7 @@ use super::rows::{
 use crate::error::{ExecutorError, ServerError};
 use crate::model::{
     CancelMode, Event, EventKind, ExecutionRecord, ExecutionStatus, ListQuery, NewExecution,
-    NodeRunRecord, NodeStatus, Transition,
+    NodeRunRecord, Transition,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/executor/sqlite");
@@ -75,6 +79,55 @@ impl SqliteStore {
             .await
             .map_err(classify)
     }
+
+    /// `append`, fenced by `lease` when one is given.
+    async fn append_fenced(
+        &self,
+        execution_id: &str,
+        lease: Option<&Lease>,
+        at_ms: i64,
+        transition: Transition,
+    ) -> Result<Event, ExecutorError> {
+        let kind = transition.event_kind();
+        let payload = encode_json(&kind)?;
+        let mut tx = self.begin_write().await?;
+        let Some(current) = fetch_execution(&mut tx, execution_id).await? else {
+            return Err(ExecutorError::NotFound(format!("execution {execution_id}")));
+        };
+        if let Some(lease) = lease
+            && !lease.holds(&current)
+        {
+            return Err(ExecutorError::LeaseLost(execution_id.to_owned()));
+        }
+        if current.status.is_finished() {
+            return Err(ExecutorError::AlreadyFinished(execution_id.to_owned()));
+        }
+        let seq = current.last_seq + 1;
+        apply(&mut tx, execution_id, at_ms, &transition).await?;
+        sqlx::query(
+            "INSERT INTO events (execution_id, seq, at_ms, payload) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(execution_id)
+        .bind(seq as i64)
+        .bind(at_ms)
+        .bind(payload)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        sqlx::query("UPDATE executions SET last_seq = ?2 WHERE id = ?1")
+            .bind(execution_id)
+            .bind(seq as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        Ok(Event {
+            execution_id: execution_id.to_owned(),
+            seq,
+            at_ms,
+            kind,
+        })
+    }
 }
 
 /// Classifies a database error once: a taken unique key, a database that cannot be
@@ -123,8 +176,9 @@ impl ExecutorStore for SqliteStore {
         let mut tx = self.begin_write().await?;
         let inserted = sqlx::query(
             "INSERT INTO executions (id, idempotency_key, fingerprint, action, origin, schedule_id,
-                 deadline_ms, status, created_ms, started_ms, last_seq, pipeline)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'RUNNING', ?8, ?8, 1, ?9)",
+                 deadline_ms, status, created_ms, started_ms, last_seq, pipeline,
+                 owner, lease_until_ms, lease_epoch)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'RUNNING', ?8, ?8, 1, ?9, ?10, ?11, 1)",
         )
         .bind(&new.id)
         .bind(&new.idempotency_key)
@@ -135,6 +189,8 @@ impl ExecutorStore for SqliteStore {
         .bind(new.deadline_ms)
         .bind(new.created_ms)
         .bind(new.pipeline.as_ref().map(encode_json).transpose()?)
+        .bind(&new.owner)
+        .bind(new.lease_until_ms)
         .execute(&mut *tx)
         .await;
         match inserted.map_err(classify) {
@@ -253,40 +309,19 @@ impl ExecutorStore for SqliteStore {
         at_ms: i64,
         transition: Transition,
     ) -> Result<Event, ExecutorError> {
-        let kind = transition.event_kind();
-        let payload = encode_json(&kind)?;
-        let mut tx = self.begin_write().await?;
-        let Some(current) = fetch_execution(&mut tx, execution_id).await? else {
-            return Err(ExecutorError::NotFound(format!("execution {execution_id}")));
-        };
-        if current.status.is_finished() {
-            return Err(ExecutorError::AlreadyFinished(execution_id.to_owned()));
-        }
-        let seq = current.last_seq + 1;
-        apply(&mut tx, execution_id, at_ms, &transition).await?;
-        sqlx::query(
-            "INSERT INTO events (execution_id, seq, at_ms, payload) VALUES (?1, ?2, ?3, ?4)",
-        )
-        .bind(execution_id)
-        .bind(seq as i64)
-        .bind(at_ms)
-        .bind(payload)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
-        sqlx::query("UPDATE executions SET last_seq = ?2 WHERE id = ?1")
-            .bind(execution_id)
-            .bind(seq as i64)
-            .execute(&mut *tx)
+        self.append_fenced(execution_id, None, at_ms, transition)
             .await
-            .map_err(classify)?;
-        tx.commit().await.map_err(classify)?;
-        Ok(Event {
-            execution_id: execution_id.to_owned(),
-            seq,
-            at_ms,
-            kind,
-        })
+    }
+
+    async fn append_as(
+        &self,
+        execution_id: &str,
+        lease: &Lease,
+        at_ms: i64,
+        transition: Transition,
+    ) -> Result<Event, ExecutorError> {
+        self.append_fenced(execution_id, Some(lease), at_ms, transition)
+            .await
     }
 
     async fn request_cancel(
@@ -369,134 +404,4 @@ async fn fetch_execution(
         .await
         .map_err(classify)?;
     row.as_ref().map(execution_from_row).transpose()
-}
-
-/// The row updates a transition implies, inside the append's transaction.
-async fn apply(
-    tx: &mut SqliteTransaction<'static>,
-    execution_id: &str,
-    at_ms: i64,
-    transition: &Transition,
-) -> Result<(), ExecutorError> {
-    let result = match transition {
-        Transition::NodeStarted {
-            node_id,
-            kind,
-            attempt,
-            input,
-        } => {
-            sqlx::query(
-                "INSERT INTO node_runs (execution_id, node_id, attempt, kind, status, input, started_ms)
-                 VALUES (?1, ?2, ?3, ?4, 'RUNNING', ?5, ?6)",
-            )
-            .bind(execution_id)
-            .bind(node_id)
-            .bind(i64::from(*attempt))
-            .bind(kind)
-            .bind(encode_json(input)?)
-            .bind(at_ms)
-            .execute(&mut **tx)
-            .await
-            .map_err(classify)?;
-            sqlx::query(
-                "UPDATE executions SET status = 'RUNNING', started_ms = COALESCE(started_ms, ?2)
-                 WHERE id = ?1",
-            )
-            .bind(execution_id)
-            .bind(at_ms)
-            .execute(&mut **tx)
-            .await
-        }
-        Transition::NodeSucceeded {
-            node_id,
-            attempt,
-            output,
-            ..
-        } => {
-            sqlx::query(
-                "UPDATE node_runs SET status = 'SUCCEEDED', output = ?4, finished_ms = ?5
-                 WHERE execution_id = ?1 AND node_id = ?2 AND attempt = ?3",
-            )
-            .bind(execution_id)
-            .bind(node_id)
-            .bind(i64::from(*attempt))
-            .bind(encode_json(output)?)
-            .bind(at_ms)
-            .execute(&mut **tx)
-            .await
-        }
-        Transition::NodeFailed {
-            node_id,
-            attempt,
-            status,
-            error,
-            retryable,
-        } => {
-            sqlx::query(
-                "UPDATE node_runs SET status = ?4, error = ?5, retryable = ?6, finished_ms = ?7
-                 WHERE execution_id = ?1 AND node_id = ?2 AND attempt = ?3",
-            )
-            .bind(execution_id)
-            .bind(node_id)
-            .bind(i64::from(*attempt))
-            .bind(status.as_str())
-            .bind(error)
-            .bind(retryable)
-            .bind(at_ms)
-            .execute(&mut **tx)
-            .await
-        }
-        // The event is the whole record of these two.
-        Transition::NodeRetrying { .. } | Transition::Progress { .. } => return Ok(()),
-        Transition::NodeSkipped {
-            node_id,
-            kind,
-            status,
-            reason,
-        } => {
-            sqlx::query(
-                "INSERT INTO node_runs (execution_id, node_id, attempt, kind, status, error, started_ms, finished_ms)
-                 VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?6)",
-            )
-            .bind(execution_id)
-            .bind(node_id)
-            .bind(kind)
-            .bind(status.as_str())
-            .bind(reason)
-            .bind(at_ms)
-            .execute(&mut **tx)
-            .await
-        }
-        Transition::ExecutionFinished {
-            status,
-            result,
-            error,
-            retryable,
-        } => {
-            sqlx::query(
-                "UPDATE node_runs SET status = ?2, finished_ms = ?3
-                 WHERE execution_id = ?1 AND status IN ('RUNNING', 'PENDING')",
-            )
-            .bind(execution_id)
-            .bind(NodeStatus::Cancelled.as_str())
-            .bind(at_ms)
-            .execute(&mut **tx)
-            .await
-            .map_err(classify)?;
-            sqlx::query(
-                "UPDATE executions SET status = ?2, result = ?3, error = ?4, retryable = ?5,
-                     finished_ms = ?6
-                 WHERE id = ?1",
-            )
-            .bind(execution_id)
-            .bind(status.as_str())
-            .bind(result.as_ref().map(encode_json).transpose()?)
-            .bind(error)
-            .bind(retryable)
-            .bind(at_ms)
-            .execute(&mut **tx)
-            .await
-        }
-    };
-    result.map(|_| ()).map_err(classify)
 }

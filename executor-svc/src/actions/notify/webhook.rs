@@ -186,6 +186,7 @@ mod tests {
             origin: None,
             deadline_ms: None,
             now_ms: 1_649_367_553_000,
+            handover: tokio_util::sync::CancellationToken::new(),
         }
     }
 

@@ -66,9 +66,16 @@ impl RunTask {
     }
 
     /// At start-up, before executions resume: kills what commands of a crashed process
-    /// left running, and cancels open tasks of finished executions.
-    pub async fn recover(&self) -> Result<(), ExecutorError> {
-        process::kill_leftovers(self.store.as_ref()).await?;
+    /// left running (on a `shared` database, not those of executions another replica,
+    /// `replica_id` being ours, holds under a live lease at `now_ms`), and cancels open
+    /// tasks of finished executions.
+    pub async fn recover(
+        &self,
+        replica_id: &str,
+        now_ms: i64,
+        shared: bool,
+    ) -> Result<(), ExecutorError> {
+        process::kill_leftovers(self.store.as_ref(), replica_id, now_ms, shared).await?;
         self.queues.recover().await?;
         Ok(())
     }

@@ -183,11 +183,31 @@ pub async fn terminate(child: &mut Child, pgid: i32) {
 
 /// At start-up: kills what commands started by a previous process left behind (the
 /// leaders died with that process; their descendants did not), then forgets the records.
-/// Returns how many groups still had live members.
-pub async fn kill_leftovers(store: &dyn ExecutorStore) -> Result<usize, ExecutorError> {
+/// On a database `shared` by replicas, a group of an execution that another replica
+/// (`replica_id` is ours) holds under a live lease at `now_ms` is that replica's, maybe
+/// on this machine: it is left alone. On SQLite (one process per file) every group is a
+/// previous process's. Returns how many groups still had live members.
+pub async fn kill_leftovers(
+    store: &dyn ExecutorStore,
+    replica_id: &str,
+    now_ms: i64,
+    shared: bool,
+) -> Result<usize, ExecutorError> {
     let boot = boot_id();
     let mut killed = 0;
     for group in store.process_groups().await? {
+        let held_elsewhere = shared
+            && store
+                .get_execution(&group.execution_id)
+                .await?
+                .is_some_and(|e| {
+                    !e.status.is_finished()
+                        && e.owner.as_deref().is_some_and(|o| o != replica_id)
+                        && e.lease_until_ms.is_some_and(|until| until > now_ms)
+                });
+        if held_elsewhere {
+            continue;
+        }
         if group.boot_id == boot {
             let members = live_members(group.pgid, group.start_time);
             if !members.is_empty() {

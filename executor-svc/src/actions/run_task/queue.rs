@@ -68,7 +68,7 @@ pub async fn run(
         .await
         .map_err(|e| ActionError::retryable(format!("cannot queue the task: {e}")))?;
     let ended = queues
-        .wait(task.id(), cancel)
+        .wait(task.id(), cancel, ctx.handover.clone())
         .await
         .map_err(|e| ActionError::permanent(format!("cannot follow the task: {e}")))?;
     outcome(ended)

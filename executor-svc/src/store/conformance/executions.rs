@@ -13,7 +13,7 @@ use crate::model::{
     Transition,
 };
 
-fn new_execution(id: &str, key: &str, schedule: Option<&str>) -> NewExecution {
+pub(super) fn new_execution(id: &str, key: &str, schedule: Option<&str>) -> NewExecution {
     NewExecution {
         id: id.into(),
         idempotency_key: key.into(),
@@ -35,10 +35,12 @@ fn new_execution(id: &str, key: &str, schedule: Option<&str>) -> NewExecution {
         deadline_ms: Some(9_000),
         created_ms: 1_000,
         pipeline: None,
+        owner: "replica-a".into(),
+        lease_until_ms: 60_000,
     }
 }
 
-fn started(attempt: u32) -> Transition {
+pub(super) fn started(attempt: u32) -> Transition {
     Transition::NodeStarted {
         node_id: "action".into(),
         kind: "call_api".into(),

@@ -23,6 +23,8 @@ async fn execution(store: &dyn ExecutorStore, id: &str) {
             deadline_ms: None,
             created_ms: 0,
             pipeline: None,
+            owner: "replica-a".into(),
+            lease_until_ms: 60_000,
         })
         .await
         .unwrap();

@@ -13,6 +13,7 @@ use crate::model::{
     NodeRunRecord, NodeStatus, Transition,
 };
 use crate::store::ExecutorStore;
+use crate::store::leases::Lease;
 use crate::store::rows::{
     EXECUTION_COLUMNS, NODE_RUN_COLUMNS, encode_json, event_from_row, execution_from_row,
     node_run_from_row,
@@ -36,8 +37,9 @@ impl ExecutorStore for PostgresStore {
         let record = transaction!(self, |tx| {
             let inserted = sqlx::query(
                 "INSERT INTO executions (id, idempotency_key, fingerprint, action, origin,
-                     schedule_id, deadline_ms, status, created_ms, started_ms, last_seq, pipeline)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'RUNNING', $8, $8, 1, $9)",
+                     schedule_id, deadline_ms, status, created_ms, started_ms, last_seq, pipeline,
+                     owner, lease_until_ms, lease_epoch)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'RUNNING', $8, $8, 1, $9, $10, $11, 1)",
             )
             .bind(&new.id)
             .bind(&new.idempotency_key)
@@ -48,6 +50,8 @@ impl ExecutorStore for PostgresStore {
             .bind(new.deadline_ms)
             .bind(new.created_ms)
             .bind(&pipeline)
+            .bind(&new.owner)
+            .bind(new.lease_until_ms)
             .execute(&mut *tx)
             .await;
             match inserted.map_err(classify) {
@@ -167,42 +171,19 @@ impl ExecutorStore for PostgresStore {
         at_ms: i64,
         transition: Transition,
     ) -> Result<Event, ExecutorError> {
-        let kind = transition.event_kind();
-        let payload = encode_json(&kind)?;
-        let seq = transaction!(self, |tx| {
-            // The row lock makes concurrent appends to this execution queue here.
-            let Some(current) = fetch_execution(&mut tx, execution_id, true).await? else {
-                return Err(ExecutorError::NotFound(format!("execution {execution_id}")));
-            };
-            if current.status.is_finished() {
-                return Err(ExecutorError::AlreadyFinished(execution_id.to_owned()));
-            }
-            let seq = current.last_seq + 1;
-            apply(&mut tx, execution_id, at_ms, &transition).await?;
-            sqlx::query(
-                "INSERT INTO events (execution_id, seq, at_ms, payload) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(execution_id)
-            .bind(seq as i64)
-            .bind(at_ms)
-            .bind(&payload)
-            .execute(&mut *tx)
+        self.append_fenced(execution_id, None, at_ms, transition)
             .await
-            .map_err(classify)?;
-            sqlx::query("UPDATE executions SET last_seq = $2 WHERE id = $1")
-                .bind(execution_id)
-                .bind(seq as i64)
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?;
-            Ok(seq)
-        })?;
-        Ok(Event {
-            execution_id: execution_id.to_owned(),
-            seq,
-            at_ms,
-            kind,
-        })
+    }
+
+    async fn append_as(
+        &self,
+        execution_id: &str,
+        lease: &Lease,
+        at_ms: i64,
+        transition: Transition,
+    ) -> Result<Event, ExecutorError> {
+        self.append_fenced(execution_id, Some(lease), at_ms, transition)
+            .await
     }
 
     async fn request_cancel(
@@ -269,6 +250,59 @@ impl ExecutorStore for PostgresStore {
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+impl PostgresStore {
+    /// `append`, fenced by `lease` when one is given.
+    async fn append_fenced(
+        &self,
+        execution_id: &str,
+        lease: Option<&Lease>,
+        at_ms: i64,
+        transition: Transition,
+    ) -> Result<Event, ExecutorError> {
+        let kind = transition.event_kind();
+        let payload = encode_json(&kind)?;
+        let seq = transaction!(self, |tx| {
+            // The row lock makes concurrent appends to this execution queue here.
+            let Some(current) = fetch_execution(&mut tx, execution_id, true).await? else {
+                return Err(ExecutorError::NotFound(format!("execution {execution_id}")));
+            };
+            if let Some(lease) = lease
+                && !lease.holds(&current)
+            {
+                return Err(ExecutorError::LeaseLost(execution_id.to_owned()));
+            }
+            if current.status.is_finished() {
+                return Err(ExecutorError::AlreadyFinished(execution_id.to_owned()));
+            }
+            let seq = current.last_seq + 1;
+            apply(&mut tx, execution_id, at_ms, &transition).await?;
+            sqlx::query(
+                "INSERT INTO events (execution_id, seq, at_ms, payload) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(execution_id)
+            .bind(seq as i64)
+            .bind(at_ms)
+            .bind(&payload)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+            sqlx::query("UPDATE executions SET last_seq = $2 WHERE id = $1")
+                .bind(execution_id)
+                .bind(seq as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+            Ok(seq)
+        })?;
+        Ok(Event {
+            execution_id: execution_id.to_owned(),
+            seq,
+            at_ms,
+            kind,
+        })
     }
 }
 
