@@ -322,6 +322,8 @@ pub struct DispatchJob {
     pub last_seq: u64,
     /// The action as it was when the run was written.
     pub action: Action,
+    /// The epoch of the run's owner lease as read.
+    pub lease_epoch: i64,
 }
 
 /// How an attempt ended, as the executor's last event said.

@@ -12,7 +12,7 @@ use tonic::transport::Server;
 
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::engine::clock::{Clock, SystemClock};
+use crate::engine::clock::{Clock, DatabaseClock, SystemClock};
 use crate::grpc::executor_client::GrpcExecutorClient;
 use crate::grpc::service::SchedulerApi;
 use crate::store::{Location, StoreError};
@@ -34,7 +34,7 @@ pub enum ServerError {
     Endpoint {
         endpoint: String,
         #[source]
-        source: tonic::transport::Error,
+        source: crate::grpc::balance::EndpointError,
     },
     #[error("cannot build the reflection service")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -42,13 +42,14 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves the scheduler on `listener` with the system clock until `shutdown` resolves.
+/// Serves the scheduler on `listener` until `shutdown` resolves, on the production clock:
+/// the database's where replicas share one (PostgreSQL), else the system's.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    run_with_clock(config, Arc::new(SystemClock), listener, shutdown).await
+    serve(config, None, listener, shutdown).await
 }
 
 /// Serves the scheduler with an injected clock (tests drive time by hand).
@@ -58,9 +59,26 @@ pub async fn run_with_clock(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    serve(config, Some(clock), listener, shutdown).await
+}
+
+async fn serve(
+    config: Config,
+    clock: Option<Arc<dyn Clock>>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     let location = Location::choose(config.database_url.as_deref(), &config.database_path)
         .map_err(|scheme| ServerError::DatabaseScheme { scheme })?;
     let store = location.open(config.synchronous_full).await?;
+    let background = CancellationToken::new();
+    let clock: Arc<dyn Clock> = match clock {
+        Some(clock) => clock,
+        None => match DatabaseClock::start(store.clone(), background.clone()).await? {
+            Some(clock) => clock,
+            None => Arc::new(SystemClock),
+        },
+    };
     let client = GrpcExecutorClient::connect_lazy(&config.executor_endpoint).map_err(|source| {
         ServerError::Endpoint {
             endpoint: config.executor_endpoint.clone(),
@@ -68,7 +86,6 @@ pub async fn run_with_clock(
         }
     })?;
     let engine = Engine::new(store, clock, Arc::new(client), config.engine.clone());
-    let background = CancellationToken::new();
     engine.start(background.clone()).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -87,7 +104,7 @@ pub async fn run_with_clock(
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     tracing::info!(address = ?listener.local_addr().ok(), executor = %config.executor_endpoint,
-        database = %location.describe(), "scheduler serving");
+        database = %location.describe(), replica = %config.engine.replica_id, "scheduler serving");
     let served = Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)

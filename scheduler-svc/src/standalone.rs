@@ -33,6 +33,15 @@ pub struct ServeArgs {
     /// Use synchronous=FULL: commits survive power loss, not only a process crash.
     #[arg(long, env = "ALMANAC_SYNCHRONOUS_FULL")]
     pub synchronous_full: bool,
+    /// This replica's name as the owner of the runs it drives: unique among live replicas
+    /// (a pod name). A replica restarted under the same name resumes its runs at once;
+    /// otherwise another replica adopts them when their lease expires. Default: a fresh id.
+    #[arg(long, env = "ALMANAC_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// How long a run's owner lease lasts without a heartbeat (renewed every third of it):
+    /// how soon another replica adopts the runs of one that died (e.g. `15s`, at least `1s`).
+    #[arg(long, env = "ALMANAC_LEASE_TTL", default_value = "15s", value_parser = parse_lease_ttl)]
+    pub lease_ttl: std::time::Duration,
     /// Log format (logs go to stderr): text or json.
     #[arg(long, env = "ALMANAC_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -59,5 +68,18 @@ pub async fn serve(args: ServeArgs, executor_endpoint: String) -> Result<(), Ser
     let mut config = Config::new(args.database, executor_endpoint);
     config.synchronous_full = args.synchronous_full;
     config.database_url = args.database_url;
+    if let Some(replica_id) = args.replica_id.filter(|id| !id.trim().is_empty()) {
+        config.engine.replica_id = replica_id;
+    }
+    config.engine.lease_ttl = args.lease_ttl;
     server::run(config, listener, telemetry::shutdown_signal()).await
+}
+
+/// A lease length: a humantime duration of at least one second.
+fn parse_lease_ttl(text: &str) -> Result<std::time::Duration, String> {
+    let ttl = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if ttl < std::time::Duration::from_secs(1) {
+        return Err(format!("{text} is shorter than the minimum lease of 1s"));
+    }
+    Ok(ttl)
 }

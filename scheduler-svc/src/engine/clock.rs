@@ -34,6 +34,85 @@ impl Clock for SystemClock {
     }
 }
 
+/// The database's clock (DESIGN §4.5): with PostgreSQL replicas, the time every replica
+/// agrees on, so their leases and fires line up even when their hosts' clocks drift.
+/// Reading the database for every `now_ms` would put a round trip on every decision, so
+/// it keeps the offset between the database's `clock_timestamp()` and this host's clock,
+/// measured every `SAMPLE_EVERY` (half the round trip compensated), and adds it to the
+/// system time. SQL still never calls `now()`: the time is passed in as a parameter.
+#[derive(Debug, Default)]
+pub struct DatabaseClock {
+    offset_ms: std::sync::atomic::AtomicI64,
+}
+
+/// How often `DatabaseClock` measures its offset.
+const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl DatabaseClock {
+    /// The database's clock if the store has one (`None` on SQLite), measured once now
+    /// and then every `SAMPLE_EVERY` until `stop`.
+    pub async fn start(
+        store: Arc<dyn crate::store::SchedulerStore>,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Result<Option<Arc<Self>>, crate::store::StoreError> {
+        let clock = Arc::new(Self::default());
+        if !clock.sample(store.as_ref()).await? {
+            return Ok(None);
+        }
+        let this = clock.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(SAMPLE_EVERY) => {}
+                    () = stop.cancelled() => return,
+                }
+                if let Err(e) = this.sample(store.as_ref()).await {
+                    tracing::warn!(error = %e, "cannot read the database clock; keeping the last offset");
+                }
+            }
+        });
+        Ok(Some(clock))
+    }
+
+    /// Measures the offset; false if the store has no clock.
+    async fn sample(
+        &self,
+        store: &dyn crate::store::SchedulerStore,
+    ) -> Result<bool, crate::store::StoreError> {
+        let before = SystemClock.now_ms();
+        let Some(database_ms) = store.database_time_ms().await? else {
+            return Ok(false);
+        };
+        let after = SystemClock.now_ms();
+        let offset = database_ms - (before + after) / 2;
+        let previous = self
+            .offset_ms
+            .swap(offset, std::sync::atomic::Ordering::Relaxed);
+        if (offset - previous).abs() > 1_000 {
+            tracing::warn!(
+                offset_ms = offset,
+                previous_ms = previous,
+                "this host's clock and the database's differ; using the database's"
+            );
+        }
+        Ok(true)
+    }
+
+    fn offset(&self) -> i64 {
+        self.offset_ms.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Clock for DatabaseClock {
+    fn now_ms(&self) -> i64 {
+        SystemClock.now_ms() + self.offset()
+    }
+
+    fn sleep_until(&self, deadline_ms: i64) -> BoxFuture<'static, ()> {
+        SystemClock.sleep_until(deadline_ms - self.offset())
+    }
+}
+
 /// A clock that moves only when told to; sleepers wake when it passes their deadline.
 #[derive(Debug, Clone)]
 pub struct ManualClock {

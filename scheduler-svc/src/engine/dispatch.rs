@@ -2,6 +2,10 @@
 //! stream until the execution finishes, writing what it learns to the ledger. An
 //! unreachable executor or a broken stream is not a failure of the run: the same
 //! attempt is sent again with the same key (DESIGN §4.4), re-attaching from the last seq.
+//! A dispatch task drives a run only under the run's owner lease (DESIGN §4.5): it takes
+//! the lease first, a heartbeat renews every lease this process holds, and the updates
+//! it writes carry the lease's epoch, so a task whose run was adopted by another replica
+//! writes nothing and stops.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -21,9 +25,22 @@ use crate::store::{LedgerUpdate, SchedulerStore, StoreError};
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// How much the dispatcher may do at once, and under which name it holds leases.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// At most this many attempts are sent (streams open) at once.
+    pub max_in_flight: usize,
+    /// The owner name of this process's leases.
+    pub owner: String,
+    /// How long a lease lasts without a heartbeat.
+    pub lease_ttl: Duration,
+}
+
 /// Sends attempts and follows them.
 pub struct Dispatcher {
     store: Arc<dyn SchedulerStore>,
+    owner: String,
+    lease_ttl_ms: i64,
     clock: Arc<dyn Clock>,
     client: Arc<dyn ExecutorClient>,
     /// Runs with a dispatch task: filled before the task is spawned. A cache that
@@ -47,14 +64,16 @@ impl Dispatcher {
         store: Arc<dyn SchedulerStore>,
         clock: Arc<dyn Clock>,
         client: Arc<dyn ExecutorClient>,
-        max_in_flight: usize,
+        limits: Limits,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
+            owner: limits.owner,
+            lease_ttl_ms: i64::try_from(limits.lease_ttl.as_millis()).unwrap_or(i64::MAX / 4),
             clock,
             client,
             registry: Mutex::new(HashSet::new()),
-            permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            permits: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
             tracker: TaskTracker::new(),
             state: Mutex::new(None),
         })
@@ -67,6 +86,13 @@ impl Dispatcher {
         cancel: CancellationToken,
         effects: tokio::sync::mpsc::UnboundedSender<Vec<crate::store::Effect>>,
     ) {
+        tokio::spawn(heartbeat(
+            self.store.clone(),
+            self.clock.clone(),
+            self.owner.clone(),
+            self.lease_ttl_ms,
+            cancel.clone(),
+        ));
         let writer_stop = CancellationToken::new();
         let (writer, writer_task) = LedgerWriter::spawn(
             self.store.clone(),
@@ -135,13 +161,50 @@ impl Dispatcher {
         }
     }
 
-    /// Sends the run's current attempt until its execution finishes or the run is gone.
+    /// Takes the run's lease: its epoch, or `None` if the run is final, gone or driven by
+    /// another replica.
+    async fn take_lease(&self, run_id: &str) -> Option<i64> {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let now_ms = self.clock.now_ms();
+            match self
+                .store
+                .take_lease(run_id, &self.owner, now_ms, now_ms + self.lease_ttl_ms)
+                .await
+            {
+                Ok(epoch) => return epoch,
+                Err(e) => {
+                    tracing::warn!(run_id, error = %e, "cannot take the run's lease; retrying");
+                    backoff = pause(backoff).await;
+                }
+            }
+        }
+    }
+
+    /// Sends the run's current attempt until its execution finishes, the run is gone, or
+    /// another replica takes it over.
     async fn drive(&self, run_id: &str, writer: &LedgerWriter) {
+        let Some(epoch) = self.take_lease(run_id).await else {
+            tracing::debug!(
+                run_id,
+                "run is final or another replica's; not dispatched here"
+            );
+            return;
+        };
         let mut backoff = MIN_BACKOFF;
         let mut seen_seq = 0u64;
         let mut finished_attempt = None;
         loop {
             let job = match self.store.dispatch_job(run_id).await {
+                Ok(Some(job)) if job.lease_epoch != epoch => {
+                    tracing::info!(
+                        run_id,
+                        epoch,
+                        now = job.lease_epoch,
+                        "another replica took the run over; this one stops following it"
+                    );
+                    return;
+                }
                 // A finished attempt that the ledger did not close is not sent again here
                 // (recovery decides); a new attempt of the run is.
                 Ok(Some(job))
@@ -174,7 +237,7 @@ impl Dispatcher {
                 return;
             };
             seen_seq = seen_seq.max(job.last_seq);
-            match self.follow(&job, seen_seq, writer).await {
+            match self.follow(&job, epoch, seen_seq, writer).await {
                 // The run may go on with a new attempt (a retry): this task drives it.
                 Followed::Finished { committed: true } => {
                     backoff = MIN_BACKOFF;
@@ -197,7 +260,13 @@ impl Dispatcher {
     }
 
     /// One Execute call: the events it brings, written to the ledger.
-    async fn follow(&self, job: &DispatchJob, after_seq: u64, writer: &LedgerWriter) -> Followed {
+    async fn follow(
+        &self,
+        job: &DispatchJob,
+        epoch: i64,
+        after_seq: u64,
+        writer: &LedgerWriter,
+    ) -> Followed {
         let call = ExecuteCall {
             key: job.execution_key.clone(),
             action: job.action.clone(),
@@ -230,6 +299,7 @@ impl Dispatcher {
                 let committed = writer
                     .commit(LedgerUpdate::Finished {
                         run_id: job.run_id.clone(),
+                        fence: Some(epoch),
                         attempt: job.attempt,
                         outcome,
                     })
@@ -248,6 +318,7 @@ impl Dispatcher {
                     seq = seq.max(s);
                     writer.submit(LedgerUpdate::Started {
                         run_id: job.run_id.clone(),
+                        fence: Some(epoch),
                         attempt: job.attempt,
                         execution_id,
                         started_ms: at_ms,
@@ -272,6 +343,7 @@ impl Dispatcher {
                     };
                     let update = LedgerUpdate::Finished {
                         run_id: job.run_id.clone(),
+                        fence: Some(epoch),
                         attempt: job.attempt,
                         outcome,
                     };
@@ -306,6 +378,29 @@ enum Followed {
         seq: u64,
         error: String,
     },
+}
+
+/// Renews this process's leases every third of their length until `stop`. A missed
+/// renewal (the database unreachable, the process frozen) lets the leases expire, and
+/// another replica adopts the runs; this one's writes are then fenced off.
+async fn heartbeat(
+    store: Arc<dyn SchedulerStore>,
+    clock: Arc<dyn Clock>,
+    owner: String,
+    lease_ttl_ms: i64,
+    stop: CancellationToken,
+) {
+    let every = Duration::from_millis((lease_ttl_ms / 3).max(100) as u64);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = stop.cancelled() => return,
+        }
+        let until_ms = clock.now_ms() + lease_ttl_ms;
+        if let Err(e) = store.renew_leases(&owner, until_ms).await {
+            tracing::warn!(error = %e, "cannot renew run leases; they expire if this goes on");
+        }
+    }
 }
 
 async fn pause(backoff: Duration) -> Duration {

@@ -40,6 +40,12 @@ pub struct EngineConfig {
     pub max_in_flight_dispatches: usize,
     /// How often retention prunes the ledger.
     pub retention_every: std::time::Duration,
+    /// This process's name as the owner of the runs it drives (DESIGN §4.5). Unique among
+    /// live replicas; a restarted replica that keeps its name resumes its runs at once.
+    pub replica_id: String,
+    /// How long a run's owner lease lasts without a heartbeat (renewed every third of it);
+    /// after that another replica may adopt the run.
+    pub lease_ttl: std::time::Duration,
 }
 
 impl Default for EngineConfig {
@@ -48,6 +54,8 @@ impl Default for EngineConfig {
             claim_batch: 1_000,
             max_in_flight_dispatches: 4_096,
             retention_every: std::time::Duration::from_secs(60),
+            replica_id: uuid::Uuid::now_v7().to_string(),
+            lease_ttl: std::time::Duration::from_secs(15),
         }
     }
 }
@@ -78,7 +86,11 @@ impl Engine {
             store.clone(),
             clock.clone(),
             executor.clone(),
-            config.max_in_flight_dispatches,
+            dispatch::Limits {
+                max_in_flight: config.max_in_flight_dispatches,
+                owner: config.replica_id.clone(),
+                lease_ttl: config.lease_ttl,
+            },
         );
         let timer = Timer::new(config.claim_batch);
         let notifier = Notifier::new(store.clone(), executor.clone());
@@ -120,7 +132,13 @@ impl Engine {
             self.clock.clone(),
             self.effects.clone(),
             self.specs.clone(),
-            boot_ms,
+            timer::Missed {
+                boot_ms,
+                // Several writers: the store may be shared by replicas (PostgreSQL).
+                replica_grace_ms: (self.store.claim_parallelism() > 1).then(|| {
+                    i64::try_from(self.config.lease_ttl.as_millis()).unwrap_or(i64::MAX / 4)
+                }),
+            },
             shutdown,
         );
         Ok(())
@@ -131,5 +149,15 @@ impl Engine {
     pub async fn stopped(&self, deadline: std::time::Duration) {
         let _ = tokio::time::timeout(deadline, self.timer.stopped()).await;
         self.dispatcher.stopped(deadline).await;
+        // The runs this process followed are another replica's to adopt at once.
+        let released =
+            tokio::time::timeout(deadline, self.store.release_leases(&self.config.replica_id))
+                .await;
+        match released {
+            Ok(Ok(n)) if n > 0 => tracing::info!(runs = n, "released the leases of runs in flight"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot release run leases; they expire"),
+            Err(_) => tracing::warn!("releasing run leases timed out; they expire"),
+        }
     }
 }

@@ -1,7 +1,10 @@
-//! Recovery (DESIGN §4.6): on start, every PENDING or RUNNING run is dispatched again —
-//! the same attempt with the same key, so the executor attaches to the execution it
-//! already has and streams from the last seq seen. Then a sweep keeps doing so
-//! continuously for any in-flight run that has no dispatch task in this process.
+//! Recovery (DESIGN §4.6): on start, every PENDING or RUNNING run this process may drive
+//! is dispatched again — the same attempt with the same key, so the executor attaches to
+//! the execution it already has and streams from the last seq seen. Then a sweep keeps
+//! doing so continuously for any such run that has no dispatch task in this process.
+//! "May drive" is the owner lease (DESIGN §4.5): with replicas, a run another live
+//! replica drives is left alone, and one whose lease expired is adopted; on SQLite (one
+//! scheduler per file) every in-flight run is this process's.
 //! Missed fires are the timer's business: its claim applies the catch-up policy.
 
 use std::sync::Arc;
@@ -11,8 +14,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::Engine;
 
-/// How often the sweep looks for in-flight runs nobody follows.
+/// How often the sweep looks for in-flight runs nobody follows, at most: with leases it
+/// looks every half lease, so an orphaned run is adopted soon after its lease expires.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// At most this many runs are adopted per sweep.
+const SWEEP_LIMIT: u32 = 10_000;
 
 /// Starts recovery in the background; the API serves meanwhile.
 pub fn spawn(engine: Arc<Engine>, shutdown: CancellationToken) {
@@ -25,9 +32,18 @@ pub fn spawn(engine: Arc<Engine>, shutdown: CancellationToken) {
 }
 
 async fn sweep_forever(engine: &Engine) {
+    let ttl = engine.config.lease_ttl;
+    let every = (ttl / 2).clamp(Duration::from_millis(500), SWEEP_EVERY);
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 4);
+    let owner = engine.config.replica_id.as_str();
     let mut first = true;
     loop {
-        match engine.store.in_flight_runs().await {
+        let now_ms = engine.clock.now_ms();
+        match engine
+            .store
+            .drivable_runs(owner, now_ms, now_ms - ttl_ms, SWEEP_LIMIT)
+            .await
+        {
             Ok(runs) => {
                 let mut resumed = 0usize;
                 for run_id in runs {
@@ -54,9 +70,9 @@ async fn sweep_forever(engine: &Engine) {
             }
         }
         tokio::time::sleep(if first {
-            Duration::from_secs(1)
+            every.min(Duration::from_secs(1))
         } else {
-            SWEEP_EVERY
+            every
         })
         .await;
     }

@@ -2,6 +2,12 @@
 //! loaded from the store (which stays the truth). It sleeps until the earliest fire or
 //! until an API change wakes it, then claims every due schedule in one batched
 //! transaction and hands the new runs to the dispatcher.
+//!
+//! With replicas (a store with concurrent writers: PostgreSQL), every replica's timer
+//! tries the same due schedules; `FOR UPDATE SKIP LOCKED` gives each schedule to one of
+//! them, and the others look again a moment later and find its next fire moved on. A
+//! replica also polls the store for schedules due soon, so one created, resumed or
+//! changed through another replica fires even if that replica dies.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -17,6 +23,31 @@ use super::effects::Effects;
 use super::policy::{DueContext, plan_due};
 use super::spec_cache::SpecCache;
 use crate::store::{SchedulerStore, StoreError};
+
+/// Which due fires count as missed (DESIGN §4.4's catch-up applies to them).
+#[derive(Debug, Clone, Copy)]
+pub struct Missed {
+    /// When this process started.
+    pub boot_ms: i64,
+    /// With replicas, the lease length: see `before`.
+    pub replica_grace_ms: Option<i64>,
+}
+
+impl Missed {
+    /// Fires due before this were missed. Alone, every fire due before this process
+    /// started was missed by it. With replicas, such a fire is missed only if it is also
+    /// more than a lease late: until then a live replica would have claimed it, and it is
+    /// merely late (a restarted replica must not call its peers' fires missed).
+    pub fn before(&self, now_ms: i64) -> i64 {
+        match self.replica_grace_ms {
+            Some(grace) => self.boot_ms.min(now_ms - grace),
+            None => self.boot_ms,
+        }
+    }
+}
+
+/// How often a replica polls the store for schedules due soon.
+const DUE_POLL_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Index {
@@ -92,13 +123,23 @@ impl Timer {
         clock: Arc<dyn Clock>,
         effects: Arc<Effects>,
         specs: Arc<SpecCache>,
-        boot_ms: i64,
+        missed: Missed,
         shutdown: CancellationToken,
     ) {
+        if store.claim_parallelism() > 1 {
+            let this = self.clone();
+            let (store, clock, shutdown) = (store.clone(), clock.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = this.poll_due_soon(store, clock) => {}
+                    () = shutdown.cancelled() => {}
+                }
+            });
+        }
         let this = self.clone();
         let handle = tokio::spawn(async move {
             tokio::select! {
-                () = this.run(store, clock, effects, specs, boot_ms) => {}
+                () = this.run(store, clock, effects, specs, missed) => {}
                 () = shutdown.cancelled() => {}
             }
         });
@@ -110,6 +151,37 @@ impl Timer {
         let handle = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(handle) = handle {
             let _ = handle.await;
+        }
+    }
+
+    /// Every `DUE_POLL_EVERY`, learns the schedules due within the next two polls from the
+    /// store: those written through another replica, which did not wake this one.
+    async fn poll_due_soon(&self, store: Arc<dyn SchedulerStore>, clock: Arc<dyn Clock>) {
+        loop {
+            tokio::time::sleep(DUE_POLL_EVERY).await;
+            let horizon = clock.now_ms() + 2 * DUE_POLL_EVERY.as_millis() as i64;
+            match store.due_before(horizon).await {
+                Ok(due) => {
+                    let mut learned = 0usize;
+                    {
+                        let mut index = self.index();
+                        for (id, next) in due {
+                            if index.by_id.get(&id).is_none_or(|known| *known > next) {
+                                index.set(&id, Some(next));
+                                learned += 1;
+                            }
+                        }
+                    }
+                    if learned > 0 {
+                        tracing::debug!(
+                            schedules = learned,
+                            "learned due schedules from the store"
+                        );
+                        self.wake.notify_one();
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot poll the store for due schedules"),
+            }
         }
     }
 
@@ -141,7 +213,7 @@ impl Timer {
         clock: Arc<dyn Clock>,
         effects: Arc<Effects>,
         specs: Arc<SpecCache>,
-        boot_ms: i64,
+        missed: Missed,
     ) {
         loop {
             let now_ms = clock.now_ms();
@@ -169,6 +241,7 @@ impl Timer {
                 }
                 continue;
             }
+            let missed_before = missed.before(now_ms);
             let planner = |schedule: &crate::model::Schedule,
                            in_flight: &super::overlap::InFlight| {
                 let spec = specs
@@ -178,7 +251,7 @@ impl Timer {
                     schedule,
                     spec: &spec,
                     now_ms,
-                    boot_ms,
+                    boot_ms: missed_before,
                     in_flight: in_flight.clone(),
                 }))
             };
@@ -207,5 +280,32 @@ impl Timer {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Missed;
+
+    #[test]
+    fn alone_every_fire_due_before_the_start_is_missed() {
+        let missed = Missed {
+            boot_ms: 10_000,
+            replica_grace_ms: None,
+        };
+        assert_eq!(missed.before(10_500), 10_000);
+        assert_eq!(missed.before(60_000), 10_000);
+    }
+
+    #[test]
+    fn with_replicas_a_fire_is_missed_only_once_a_lease_late() {
+        let missed = Missed {
+            boot_ms: 10_000,
+            replica_grace_ms: Some(3_000),
+        };
+        // Just after a restart, a fire due a moment ago is a peer's late fire.
+        assert_eq!(missed.before(10_500), 7_500);
+        // Long after the start, only fires before the start can have been missed.
+        assert_eq!(missed.before(60_000), 10_000);
     }
 }

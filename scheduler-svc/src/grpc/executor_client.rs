@@ -2,8 +2,6 @@
 //! codes to "send again" (unreachable, overloaded, broken) or "refused for good", and
 //! events to the few the engine acts on.
 
-use std::time::Duration;
-
 use almanac_proto::executor::v1::{
     Action, CancelExecutionRequest, ExecuteRequest, ExecutionStatus, Origin, ValidateActionRequest,
     execution_event::Kind, executor_service_client::ExecutorServiceClient,
@@ -11,7 +9,7 @@ use almanac_proto::executor::v1::{
 use almanac_proto::time::{ms_to_timestamp, timestamp_to_ms};
 use async_trait::async_trait;
 use futures::StreamExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::engine::executor::{
@@ -26,18 +24,12 @@ pub struct GrpcExecutorClient {
 }
 
 impl GrpcExecutorClient {
-    /// A client of the executor at `endpoint` (e.g. `http://127.0.0.1:50052`); it
+    /// A client of the executor at `endpoint` (`http://127.0.0.1:50052`, or
+    /// `dns:///name:port` to balance over every address of a headless Service); it
     /// connects lazily and reconnects by itself.
-    pub fn connect_lazy(endpoint: &str) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(endpoint.to_string())?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+    pub fn connect_lazy(endpoint: &str) -> Result<Self, super::balance::EndpointError> {
         Ok(Self {
-            client: ExecutorServiceClient::new(channel),
+            client: ExecutorServiceClient::new(super::balance::channel(endpoint)?),
         })
     }
 }

@@ -96,12 +96,15 @@ pub enum Effect {
     Paused(String),
 }
 
-/// A ledger change reported by the executor's event stream; applied in batches.
+/// A ledger change reported by the executor's event stream; applied in batches. `fence`
+/// is the lease epoch the dispatcher took the run with: an update whose run has since
+/// been taken over (another epoch) is not applied. `None` applies unconditionally.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LedgerUpdate {
     /// The execution started (its first event).
     Started {
         run_id: String,
+        fence: Option<i64>,
         attempt: u32,
         execution_id: String,
         started_ms: i64,
@@ -110,6 +113,7 @@ pub enum LedgerUpdate {
     /// The execution finished.
     Finished {
         run_id: String,
+        fence: Option<i64>,
         attempt: u32,
         outcome: AttemptOutcome,
     },
@@ -187,8 +191,40 @@ pub trait SchedulerStore: Send + Sync + 'static {
     ) -> Result<Vec<Run>, StoreError>;
     /// What the dispatcher sends for a run's current attempt; `None` if the run is gone.
     async fn dispatch_job(&self, run_id: &str) -> Result<Option<DispatchJob>, StoreError>;
-    /// Ids of runs that are PENDING or RUNNING (recovery re-dispatches them).
+    /// Ids of runs that are PENDING or RUNNING.
     async fn in_flight_runs(&self) -> Result<Vec<String>, StoreError>;
+    /// Takes the owner lease of an in-flight run for `owner` until `until_ms` (DESIGN
+    /// §4.5): when nobody holds it, `owner` already does, it expired before `now_ms`, or
+    /// the store serves one scheduler per database (SQLite). Returns the new lease epoch
+    /// (the fence of the updates its dispatcher sends), or `None`: final, gone, or held.
+    async fn take_lease(
+        &self,
+        run_id: &str,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Option<i64>, StoreError>;
+    /// Extends until `until_ms` every lease `owner` holds on a run in flight; how many.
+    async fn renew_leases(&self, owner: &str, until_ms: i64) -> Result<u64, StoreError>;
+    /// Ends every lease `owner` holds now (a graceful stop), so another replica adopts
+    /// its runs at its next sweep rather than a lease later; how many.
+    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
+    /// In-flight runs `owner` may drive (recovery dispatches them), oldest due first: its
+    /// own, unowned ones written before `unowned_before_ms`, and those whose lease expired
+    /// before `now_ms` (on SQLite: all of them).
+    async fn drivable_runs(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        unowned_before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError>;
+    /// The database's clock in milliseconds where replicas share one (PostgreSQL's
+    /// `clock_timestamp()`); `None` for a store with one process (SQLite).
+    async fn database_time_ms(&self) -> Result<Option<i64>, StoreError>;
+    /// ACTIVE schedules with a next fire at or before `until_ms`: what another replica
+    /// may have created or changed that this replica's timer must know of in time.
+    async fn due_before(&self, until_ms: i64) -> Result<Vec<(String, i64)>, StoreError>;
     /// Ends a run whose row cannot be read FAILED with `problem` (and its open attempt),
     /// so one bad row is recorded on its run and never retried forever (DESIGN §4.6).
     async fn fail_unreadable_run(

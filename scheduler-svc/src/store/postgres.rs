@@ -25,10 +25,10 @@ const MIGRATION_LOCK: i64 = 0x414C_4D41_4E41_4301;
 /// maintenance each hold one at a time.
 const POOL_SIZE: u32 = 16;
 
-/// Claim transactions the timer may run at once (each over different schedules, a
-/// quarter of the pool): a claim is a few round trips per schedule, so claiming a batch
-/// of hundreds in one transaction would make its last fires late by the whole batch.
-const CONCURRENT_CLAIMS: usize = 4;
+/// Claim transactions the timer may run at once (each over different schedules, half
+/// the pool): a claim is a few round trips per schedule, so claiming a batch of hundreds
+/// in one transaction would make its last fires late by the whole batch.
+const CONCURRENT_CLAIMS: usize = 8;
 
 /// The scheduler's store on PostgreSQL.
 pub type PostgresStore = SqlStore<PostgresDb>;
@@ -47,7 +47,13 @@ impl SqlStore<PostgresDb> {
         migrate(&options).await?;
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
-            .connect_with(options.options([("search_path", SCHEMA)]))
+            .connect_with(options.options([
+                ("search_path", SCHEMA),
+                // A replica frozen (SIGSTOP, a stalled VM) inside a transaction would hold
+                // its schedules' rows and stop every other replica firing them: the server
+                // ends such a transaction. No transaction of ours waits between statements.
+                ("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION),
+            ]))
             .await
             .map_err(classify)?;
         Ok(Self {
@@ -55,6 +61,9 @@ impl SqlStore<PostgresDb> {
         })
     }
 }
+
+/// How long a session may sit idle inside a transaction before PostgreSQL ends it.
+const IDLE_IN_TRANSACTION: &str = "5s";
 
 /// The scheduler's migrations.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/scheduler/postgres");

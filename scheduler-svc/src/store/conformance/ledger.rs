@@ -262,6 +262,7 @@ pub async fn finish(store: &Store, run: &str, attempt: u32, status: RunStatus) -
             &[
                 LedgerUpdate::Started {
                     run_id: run.to_owned(),
+                    fence: None,
                     attempt,
                     execution_id: format!("exec-{attempt}"),
                     started_ms: T0 + 10,
@@ -269,6 +270,7 @@ pub async fn finish(store: &Store, run: &str, attempt: u32, status: RunStatus) -
                 },
                 LedgerUpdate::Finished {
                     run_id: run.to_owned(),
+                    fence: None,
                     attempt,
                     outcome: AttemptOutcome {
                         status,
@@ -290,6 +292,7 @@ async fn updates_move_a_run_to_running_and_to_its_end(store: Store) {
     let run_id = one_run(&store, "updated", T0).await;
     let started = LedgerUpdate::Started {
         run_id: run_id.clone(),
+        fence: None,
         attempt: 1,
         execution_id: "exec-1".into(),
         started_ms: T0 + 11,
@@ -316,6 +319,7 @@ async fn updates_move_a_run_to_running_and_to_its_end(store: Store) {
     };
     let finished = LedgerUpdate::Finished {
         run_id: run_id.clone(),
+        fence: None,
         attempt: 1,
         outcome: outcome.clone(),
     };
@@ -334,6 +338,7 @@ async fn updates_move_a_run_to_running_and_to_its_end(store: Store) {
     // Stale and unknown updates change nothing.
     let ghost = LedgerUpdate::Started {
         run_id: "ghost".into(),
+        fence: None,
         attempt: 1,
         execution_id: "x".into(),
         started_ms: T0,

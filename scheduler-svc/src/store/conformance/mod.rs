@@ -3,6 +3,7 @@
 //! `ALMANAC_TEST_POSTGRES_URL`; skipped when it is unset). `conformance!(a, b)` expands
 //! test functions `a(store)`, `b(store)` into `on_sqlite::a`, `on_postgres::a`, ….
 
+mod leases;
 mod ledger;
 mod outcomes;
 mod schedules;

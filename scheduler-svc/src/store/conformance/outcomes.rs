@@ -54,6 +54,7 @@ async fn cancelling_a_running_run_asks_the_executor(store: Store) {
         .apply_updates(
             &[crate::store::LedgerUpdate::Started {
                 run_id: run_id.clone(),
+                fence: None,
                 attempt: 1,
                 execution_id: "e".into(),
                 started_ms: T0,

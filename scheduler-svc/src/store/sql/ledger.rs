@@ -7,12 +7,15 @@ use super::rows::{
     status_str, trigger_str,
 };
 use super::schedules::{in_flight_state, load_schedule, to_json};
-use super::{Conn, Lock, lock_schedule, params};
+use super::{Conn, Lock, leases, lock_schedule, params};
 use crate::engine::policy::NewRun;
 use crate::model::{DispatchJob, Run, RunStatus, Schedule, ScheduleState, execution_key};
 use crate::store::{
     Claimed, DuePlanner, Effect, LedgerUpdate, ManualPlanner, RunCursor, StoreError,
 };
+
+/// How long after finding a due schedule locked by another transaction a claim looks again.
+pub const BUSY_RETRY_MS: i64 = 25;
 
 /// Claims one schedule's due fires inside the caller's transaction.
 pub async fn claim_one(
@@ -32,7 +35,8 @@ pub async fn claim_one(
         Lock::Absent => return Ok(idle(None)),
         Lock::Busy => {
             // Another transaction decides for it right now (a trigger, an update, another
-            // replica's claim): leave it in the index as it stands, to be claimed again.
+            // replica's claim): look again a moment later, when that decision is committed
+            // (claiming it at once would spin on the row as it stood before).
             let next = conn
                 .fetch_optional(
                     "SELECT next_fire_ms FROM schedules WHERE id = $1 AND state = 'ACTIVE'",
@@ -44,7 +48,7 @@ pub async fn claim_one(
                 None => None,
             };
             tracing::debug!(schedule_id = %id, "schedule locked elsewhere; not claimed this round");
-            return Ok(idle(next));
+            return Ok(idle(next.map(|next| next.max(now_ms + BUSY_RETRY_MS))));
         }
     }
     let schedule = match load_schedule(conn, id).await {
@@ -304,7 +308,8 @@ pub async fn dispatch_job(
     let row = conn
         .fetch_optional(
             "SELECT r.id, r.schedule_id, r.nominal_ms, r.status, r.attempt, \
-             r.dispatch_after_ms, r.action, a.execution_key, a.deadline_ms, a.last_seq \
+             r.dispatch_after_ms, r.action, r.lease_epoch, a.execution_key, a.deadline_ms, \
+             a.last_seq \
              FROM runs r JOIN attempts a ON a.run_id = r.id AND a.number = r.attempt \
              WHERE r.id = $1",
             params![run_id],
@@ -323,16 +328,28 @@ pub async fn dispatch_job(
         deadline_ms: col(&row, "deadline_ms")?,
         last_seq: col::<i64>(&row, "last_seq")? as u64,
         action: json(&row, "action")?,
+        lease_epoch: col(&row, "lease_epoch")?,
     }))
 }
 
 /// Applies one update inside the caller's transaction; one that no longer applies (the
-/// attempt moved on, the run was deleted) changes nothing. Returns what it leaves to do.
+/// attempt moved on, the run was deleted, another replica took the run over: its lease
+/// epoch is not the update's fence) changes nothing. Returns what it leaves to do.
 pub async fn apply_update(
     conn: &mut dyn Conn,
     update: &LedgerUpdate,
     now_ms: i64,
 ) -> Result<Vec<Effect>, StoreError> {
+    let (LedgerUpdate::Started { run_id, fence, .. }
+    | LedgerUpdate::Finished { run_id, fence, .. }) = update;
+    if let Some(fence) = *fence {
+        let epoch = leases::epoch_for_update(conn, run_id).await?;
+        if epoch != Some(fence) {
+            tracing::info!(run_id = %run_id, fence, epoch = ?epoch,
+                "ledger update fenced off: another replica took the run over");
+            return Ok(Vec::new());
+        }
+    }
     match update {
         LedgerUpdate::Started {
             run_id,
@@ -340,6 +357,7 @@ pub async fn apply_update(
             execution_id,
             started_ms,
             last_seq,
+            ..
         } => {
             conn.execute(
                 "UPDATE attempts SET execution_id = $1, status = 'RUNNING', \
@@ -388,13 +406,16 @@ pub async fn apply_update(
             run_id,
             attempt,
             outcome,
+            ..
         } => return finish_attempt(conn, run_id, *attempt, outcome, now_ms).await,
     }
     Ok(Vec::new())
 }
 
-/// Locks the schedules of the runs `updates` touch, in id order, so two writers of
-/// updates for the same schedules never wait on each other in a cycle.
+/// Locks the schedules of the runs whose attempts `updates` finish, in id order, so two
+/// writers of updates for the same schedules never wait on each other in a cycle. A
+/// start touches only its run's row and decides nothing for the schedule: it takes no
+/// schedule lock, so starts never queue behind another replica's claims.
 pub async fn lock_schedules_of(
     conn: &mut dyn Conn,
     updates: &[LedgerUpdate],
@@ -404,10 +425,9 @@ pub async fn lock_schedules_of(
     }
     let mut run_ids: Vec<&str> = updates
         .iter()
-        .map(|u| match u {
-            LedgerUpdate::Started { run_id, .. } | LedgerUpdate::Finished { run_id, .. } => {
-                run_id.as_str()
-            }
+        .filter_map(|u| match u {
+            LedgerUpdate::Started { .. } => None,
+            LedgerUpdate::Finished { run_id, .. } => Some(run_id.as_str()),
         })
         .collect();
     run_ids.sort_unstable();

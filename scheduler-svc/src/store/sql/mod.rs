@@ -4,6 +4,7 @@
 //! boundaries, its error classification and the lock that serialises decisions per
 //! schedule (`lock_schedule`: a no-op on SQLite's single writer, `FOR UPDATE` on PostgreSQL).
 
+pub(crate) mod leases;
 pub(crate) mod ledger;
 pub(crate) mod maintenance;
 pub(crate) mod outcomes;

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use super::rows::{SCHEDULE_COLUMNS, col, schedule_from_row, state_str};
 use super::schedules::{load_schedule, write_schedule};
 use super::{
-    Backend, Lock, ledger, lock_run_schedule, lock_schedule, maintenance, outcomes, params,
+    Backend, Lock, leases, ledger, lock_run_schedule, lock_schedule, maintenance, outcomes, params,
 };
 use crate::error::SchedulerError;
 use crate::model::{
@@ -249,6 +249,67 @@ impl<B: Backend> SchedulerStore for SqlStore<B> {
             )
             .await?;
         rows.iter().map(|r| col(r, "id")).collect()
+    }
+
+    async fn take_lease(
+        &self,
+        run_id: &str,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let exclusive = self.db.concurrent_writers() == 1;
+        write_tx!(self, |conn| {
+            leases::take(conn, run_id, owner, now_ms, until_ms, exclusive).await?
+        })
+    }
+
+    async fn renew_leases(&self, owner: &str, until_ms: i64) -> Result<u64, StoreError> {
+        write_tx!(self, |conn| leases::renew(conn, owner, until_ms).await?)
+    }
+
+    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+        write_tx!(self, |conn| leases::release(conn, owner).await?)
+    }
+
+    async fn drivable_runs(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        unowned_before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let exclusive = self.db.concurrent_writers() == 1;
+        let mut reader = self.db.reader().await?;
+        leases::drivable(
+            reader.conn(),
+            owner,
+            now_ms,
+            unowned_before_ms,
+            exclusive,
+            limit,
+        )
+        .await
+    }
+
+    async fn database_time_ms(&self) -> Result<Option<i64>, StoreError> {
+        let mut reader = self.db.reader().await?;
+        leases::database_time_ms(reader.conn()).await
+    }
+
+    async fn due_before(&self, until_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut reader = self.db.reader().await?;
+        let rows = reader
+            .conn()
+            .fetch_all(
+                "SELECT id, next_fire_ms FROM schedules \
+                 WHERE state = 'ACTIVE' AND next_fire_ms <= $1 ORDER BY next_fire_ms",
+                params![until_ms],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok((col(r, "id")?, col(r, "next_fire_ms")?)))
+            .collect()
     }
 
     async fn fail_unreadable_run(

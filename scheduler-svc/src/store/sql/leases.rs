@@ -1,0 +1,116 @@
+//! Owner leases on runs in flight (DESIGN §4.5). The replica whose dispatcher drives a
+//! run holds its lease and renews it by heartbeat; when the lease expires, another
+//! replica may take the run over. Every take-over bumps `lease_epoch`, and the ledger
+//! updates a driver sends carry the epoch it took: a driver that lost the run (a frozen
+//! replica that wakes up) finds its writes fenced off. On a store that serves one
+//! scheduler per database (`exclusive`: SQLite) every lease is the caller's to take, so
+//! a restart resumes at once.
+
+use super::rows::col;
+use super::{Conn, Dialect, params};
+use crate::store::StoreError;
+
+/// Takes the lease of an in-flight run for `owner` until `until_ms` when nobody holds it,
+/// `owner` already does, it expired before `now_ms`, or the store is exclusive. Returns
+/// the new epoch, or `None` when the run is final, gone, or another owner's.
+pub async fn take(
+    conn: &mut dyn Conn,
+    run_id: &str,
+    owner: &str,
+    now_ms: i64,
+    until_ms: i64,
+    exclusive: bool,
+) -> Result<Option<i64>, StoreError> {
+    let row = conn
+        .fetch_optional(
+            "UPDATE runs SET owner = $1, lease_until_ms = $2, lease_epoch = lease_epoch + 1 \
+             WHERE id = $3 AND status IN ('PENDING', 'RUNNING') \
+             AND ($4 OR owner IS NULL OR owner = $1 OR lease_until_ms < $5) \
+             RETURNING lease_epoch",
+            params![owner, until_ms, run_id, exclusive, now_ms],
+        )
+        .await?;
+    row.map(|r| col::<i64>(&r, "lease_epoch")).transpose()
+}
+
+/// Extends until `until_ms` every lease `owner` holds on a run in flight; how many. On
+/// PostgreSQL a run whose row another transaction holds right now (this replica's own
+/// ledger writer, most likely) is renewed at the next beat instead: a heartbeat that
+/// waited on row locks could deadlock with a writer locking the same runs in another
+/// order.
+pub async fn renew(conn: &mut dyn Conn, owner: &str, until_ms: i64) -> Result<u64, StoreError> {
+    let sql = match conn.dialect() {
+        Dialect::Sqlite => {
+            "UPDATE runs SET lease_until_ms = $1 \
+             WHERE owner = $2 AND status IN ('PENDING', 'RUNNING')"
+        }
+        Dialect::Postgres => {
+            "UPDATE runs SET lease_until_ms = $1 WHERE id IN (\
+             SELECT id FROM runs WHERE owner = $2 AND status IN ('PENDING', 'RUNNING') \
+             FOR UPDATE SKIP LOCKED)"
+        }
+    };
+    conn.execute(sql, params![until_ms, owner]).await
+}
+
+/// Expires every lease `owner` holds on a run in flight; how many.
+pub async fn release(conn: &mut dyn Conn, owner: &str) -> Result<u64, StoreError> {
+    conn.execute(
+        "UPDATE runs SET lease_until_ms = 0 \
+         WHERE owner = $1 AND status IN ('PENDING', 'RUNNING')",
+        params![owner],
+    )
+    .await
+}
+
+/// In-flight runs `owner` may drive, oldest due first: its own, those nobody took that
+/// were written before `unowned_before_ms` (their writer had time to take them), and
+/// those whose lease expired before `now_ms` — every one on an exclusive store.
+pub async fn drivable(
+    conn: &mut dyn Conn,
+    owner: &str,
+    now_ms: i64,
+    unowned_before_ms: i64,
+    exclusive: bool,
+    limit: u32,
+) -> Result<Vec<String>, StoreError> {
+    let rows = conn
+        .fetch_all(
+            "SELECT id FROM runs WHERE status IN ('PENDING', 'RUNNING') \
+             AND ($1 OR owner = $2 OR lease_until_ms < $3 \
+                  OR (owner IS NULL AND created_ms < $4)) \
+             ORDER BY dispatch_after_ms, id LIMIT $5",
+            params![exclusive, owner, now_ms, unowned_before_ms, limit],
+        )
+        .await?;
+    rows.iter().map(|r| col(r, "id")).collect()
+}
+
+/// The epoch of a run's lease, locking the run's row on PostgreSQL so no take-over
+/// commits between this check and the write it guards. `None` if the run is gone.
+pub async fn epoch_for_update(
+    conn: &mut dyn Conn,
+    run_id: &str,
+) -> Result<Option<i64>, StoreError> {
+    let sql = match conn.dialect() {
+        Dialect::Sqlite => "SELECT lease_epoch FROM runs WHERE id = $1",
+        Dialect::Postgres => "SELECT lease_epoch FROM runs WHERE id = $1 FOR UPDATE",
+    };
+    let row = conn.fetch_optional(sql, params![run_id]).await?;
+    row.map(|r| col::<i64>(&r, "lease_epoch")).transpose()
+}
+
+/// The database's own clock (`clock_timestamp()`) in milliseconds, on PostgreSQL: the
+/// time replicas agree on. `None` on SQLite, whose one process keeps the system clock.
+pub async fn database_time_ms(conn: &mut dyn Conn) -> Result<Option<i64>, StoreError> {
+    if conn.dialect() == Dialect::Sqlite {
+        return Ok(None);
+    }
+    let row = conn
+        .fetch_optional(
+            "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT AS ms",
+            &[],
+        )
+        .await?;
+    row.map(|r| col::<i64>(&r, "ms")).transpose()
+}
