@@ -44,17 +44,30 @@ status=0
 # On PostgreSQL the database server shares the two cores with both services, and the
 # executor's one-transaction-per-event appends queue past a second at 200 fires a second
 # (p50 lateness 550 ms measured): the chaos test there runs 100 schedules.
+# The replicas' chaos test (three schedulers and two executors on one PostgreSQL, killed
+# at random) runs alone too, on PostgreSQL only: SQLite serves one process per file.
+export ALMANAC_REPLICAS_ITERATIONS="${ALMANAC_REPLICAS_ITERATIONS:-10}"
+heavy='binary(chaos) | binary(replicas_chaos)'
 for backend in sqlite postgres; do
   export ALMANAC_TEST_BACKEND=$backend
   if [ "$backend" = postgres ]; then export ALMANAC_CHAOS_SCHEDULES="${ALMANAC_CHAOS_SCHEDULES_POSTGRES:-100}"; fi
   if cargo nextest --version >/dev/null 2>&1; then
     echo "==> cargo tests (workspace, services on $backend)"
-    cargo nextest run --workspace --no-fail-fast -E 'not binary(chaos)' || status=$?
+    cargo nextest run --workspace --no-fail-fast -E "not ($heavy)" || status=$?
     echo "==> the chaos test (services on $backend, ALMANAC_CHAOS_ITERATIONS=$ALMANAC_CHAOS_ITERATIONS, ${ALMANAC_CHAOS_SCHEDULES:-200} schedules)"
     cargo nextest run --workspace --no-fail-fast -E 'binary(chaos)' || status=$?
+    if [ "$backend" = postgres ]; then
+      echo "==> the replicas' chaos test (ALMANAC_REPLICAS_ITERATIONS=$ALMANAC_REPLICAS_ITERATIONS)"
+      cargo nextest run --workspace --no-fail-fast -E 'binary(replicas_chaos)' || status=$?
+    fi
   else
     echo "==> cargo tests (workspace, services on $backend)"
     cargo test --workspace --no-fail-fast || status=$?
   fi
 done
+
+# The deploy files (Kubernetes manifests, compose file, Dockerfile) against their
+# schemas, and every flag and variable they use against the binary's --help.
+echo "==> deploy/ validation"
+ALMANAC_BIN="$root/target/debug/almanac" "$root/scripts/validate-deploy.sh" || status=$?
 exit "$status"

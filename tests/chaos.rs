@@ -226,6 +226,7 @@ async fn random_kills_of_scheduler_and_executor_lose_no_fire_and_run_none_twice(
         deliveries: &deliveries,
         outages: &outages,
         grace: GRACE,
+        replicated: false,
     };
     let (mut violations, mut tally) = judge(&world);
     for (name, exit) in [("scheduler", scheduler_exit), ("executor", executor_exit)] {

@@ -263,6 +263,8 @@ fn executor_process(dir: &Path, config: &Path) -> (Proc, String) {
         .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_almanac"))
         .args(["executor", "--listen", "127.0.0.1:0"])
+        // Restarted under its name, as a pod is: it takes its executions back at once.
+        .args(["--replica-id", "executor"])
         .args(common::database_flags(dir, "executor"))
         .arg("--config")
         .arg(config)

@@ -47,6 +47,9 @@ pub struct World<'a> {
     pub deliveries: &'a [Delivery],
     pub outages: &'a [Outage],
     pub grace: Grace,
+    /// Several schedulers share the ledger: while one is dead the others fire on time,
+    /// so a fire due then need not be a catch-up row.
+    pub replicated: bool,
 }
 
 impl World<'_> {
@@ -157,7 +160,7 @@ fn check_schedule(
             let ok = r.missed.is_none()
                 && trigger(r) == pb::RunTrigger::Scheduled
                 && is(r, pb::RunStatus::Succeeded);
-            if !ok && behind_a_slow_run(r, &cover) {
+            if !ok && behind_a_slow_run(r, &cover, world.grace.ledger_lag_ms) {
                 // SKIP did its job: the previous on-time run was still in flight (it
                 // took over a second on the loaded machine, but at most SLOW_RUN_MS).
                 tally.skips_behind_a_slow_run += 1;
@@ -180,7 +183,7 @@ fn check_schedule(
                 format!("RUN_ALL + ALLOW_ALL: the fire did not run: {}", describe(r)),
             );
         }
-        for o in world.scheduler_outages() {
+        for o in world.scheduler_outages().filter(|_| !world.replicated) {
             if o.dead_ms < t && t <= o.spawn_ms && trigger(r) != pb::RunTrigger::Recovery {
                 v.at(
                     &s.id,
@@ -420,10 +423,16 @@ fn check_overlap_skips(
             // Possibly still in flight in the ledger when the scheduler died: its finish
             // is written by the restarted one, while that one recovers.
             let lag = world.grace.ledger_lag_ms;
+            // With replicas the others write rows while the killed one is down.
             let crash = world.scheduler_outages().any(|o| {
+                let writers_back = if world.replicated {
+                    o.kill_ms
+                } else {
+                    o.spawn_ms
+                };
                 created <= o.kill_ms
                     && finished.is_some_and(|f| f + lag >= o.kill_ms)
-                    && o.spawn_ms <= t
+                    && writers_back <= t
                     && t <= o.ready_ms + world.grace.after_scheduler_ms
             });
             // In flight when the executor died: the restarted executor finishes it on its
@@ -549,9 +558,10 @@ fn check_deliveries(
 const SLOW_RUN_MS: i64 = 3_000;
 
 /// Whether `r` is a scheduled fire SKIPPED by overlap behind an earlier run of its
-/// schedule that the ledger shows really in flight when `r` was written, and that
-/// SUCCEEDED within `SLOW_RUN_MS` of its own nominal time.
-fn behind_a_slow_run(r: &pb::Run, cover: &BTreeMap<i64, &pb::Run>) -> bool {
+/// schedule that the ledger shows really in flight when `r` was written (its end not yet
+/// in the ledger: at most `lag_ms` after its finish time), and that SUCCEEDED within
+/// `SLOW_RUN_MS` of its own nominal time.
+fn behind_a_slow_run(r: &pb::Run, cover: &BTreeMap<i64, &pb::Run>, lag_ms: i64) -> bool {
     let Some(blocker_id) = r
         .reason
         .strip_prefix("overlap policy SKIP: run ")
@@ -570,6 +580,7 @@ fn behind_a_slow_run(r: &pb::Run, cover: &BTreeMap<i64, &pb::Run>) -> bool {
             && trigger(b) == pb::RunTrigger::Scheduled
             && is(b, pb::RunStatus::Succeeded)
             && nominal_ms(b) < nominal_ms(r)
-            && ts(&b.finish_time).is_some_and(|f| f >= written && f - nominal_ms(b) <= SLOW_RUN_MS)
+            && ts(&b.finish_time)
+                .is_some_and(|f| f + lag_ms >= written && f - nominal_ms(b) <= SLOW_RUN_MS)
     })
 }

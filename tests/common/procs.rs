@@ -50,8 +50,21 @@ impl Proc {
         Self::scheduler_of(built(), dir, executor)
     }
 
-    /// `executor` run from the binary `bin`.
+    /// `executor` run from the binary `bin`. Its replica id stays the same across
+    /// restarts in `dir`: it resumes its executions at once.
     pub fn executor_of(bin: &Path, dir: &Path, listen: &str) -> Proc {
+        Self::executor_replica(bin, dir, listen, "executor", &[])
+    }
+
+    /// One of several executors on the database of `dir`: replica `id` (its log is
+    /// `<dir>/<id>.log`) on `listen`, with `extra` flags (e.g. `--lease-ttl`).
+    pub fn executor_replica(
+        bin: &Path,
+        dir: &Path,
+        listen: &str,
+        id: &str,
+        extra: &[&str],
+    ) -> Proc {
         // The tests' targets live on loopback, which the egress guard refuses by default.
         let config = dir.join("executor.toml");
         std::fs::write(
@@ -59,34 +72,51 @@ impl Proc {
             "[egress]\nallow = [\"127.0.0.0/8\", \"::1/128\"]\n",
         )
         .expect("write the executor's configuration");
-        spawn(
-            bin,
+        let config = config.display().to_string();
+        let mut args = vec![
             "executor",
-            &[
-                "executor",
-                "--listen",
-                listen,
-                "--config",
-                config.to_str().unwrap(),
-            ],
-            dir,
-        )
+            "--listen",
+            listen,
+            "--config",
+            &config,
+            "--replica-id",
+            id,
+        ];
+        args.extend_from_slice(extra);
+        spawn(bin, "executor", id, &args, dir)
     }
 
-    /// `scheduler` run from the binary `bin`.
+    /// `scheduler` run from the binary `bin`. Its replica id stays the same across
+    /// restarts in `dir`, as a restarted pod's name does: it resumes its runs at once.
     pub fn scheduler_of(bin: &Path, dir: &Path, executor: &str) -> Proc {
-        spawn(
-            bin,
+        Self::scheduler_replica(bin, dir, executor, "scheduler", &[])
+    }
+
+    /// One of several schedulers on the database of `dir`: replica `id` (its log is
+    /// `<dir>/<id>.log`), with `extra` flags (e.g. `--lease-ttl`).
+    pub fn scheduler_replica(
+        bin: &Path,
+        dir: &Path,
+        executor: &str,
+        id: &str,
+        extra: &[&str],
+    ) -> Proc {
+        let mut args = vec![
             "scheduler",
-            &[
-                "scheduler",
-                "--listen",
-                "127.0.0.1:0",
-                "--executor",
-                executor,
-            ],
-            dir,
-        )
+            "--listen",
+            "127.0.0.1:0",
+            "--executor",
+            executor,
+            "--replica-id",
+            id,
+        ];
+        args.extend_from_slice(extra);
+        spawn(bin, "scheduler", id, &args, dir)
+    }
+
+    /// The process id, for signals other than SIGKILL (SIGSTOP, SIGCONT).
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
     }
 
     /// The port it listens on.
@@ -126,7 +156,9 @@ impl Drop for Proc {
     }
 }
 
-fn spawn(bin: &Path, name: &str, args: &[&str], dir: &Path) -> Proc {
+/// Starts `bin` with `args` as a process of `service` (whose database in `dir` it uses),
+/// logging to `<dir>/<name>.log`.
+fn spawn(bin: &Path, service: &str, name: &str, args: &[&str], dir: &Path) -> Proc {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -134,7 +166,7 @@ fn spawn(bin: &Path, name: &str, args: &[&str], dir: &Path) -> Proc {
         .expect("log file");
     let mut child = Command::new(bin)
         .args(args)
-        .args(super::database_flags(dir, name))
+        .args(super::database_flags(dir, service))
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(log)
