@@ -7,8 +7,12 @@
 //! executions, nothing left in flight. Scheduler `i` sends to executor `i % 2`, so a run
 //! adopted by another scheduler re-attaches through the other executor.
 //!
-//! Knobs: `ALMANAC_REPLICAS_ITERATIONS` (kills, default 6), `ALMANAC_CHAOS_SEED`,
-//! `ALMANAC_REPLICAS_SCHEDULES` (default 200). PostgreSQL only (SQLite serves one process).
+//! Knobs: `ALMANAC_REPLICAS_ITERATIONS` (kills, default 6; CI runs 10), `ALMANAC_CHAOS_SEED`,
+//! `ALMANAC_REPLICAS_SCHEDULES` (default 100). PostgreSQL only (SQLite serves one process).
+//! Why 100: five debug-build services, PostgreSQL and the sink share two cores; at 200
+//! fires a second the burst took p50 874 ms to drain even without kills (measured), so
+//! SKIP schedules skipped on-time fires behind runs still in flight. At 100: p50 ~490 ms,
+//! p99 ~830 ms.
 
 mod chaos_support;
 mod common;
@@ -193,7 +197,7 @@ async fn three_schedulers_and_two_executors_killed_at_random_lose_no_fire_and_ru
         return;
     };
     let iterations: usize = env_number("ALMANAC_REPLICAS_ITERATIONS").unwrap_or(6);
-    let count: usize = env_number("ALMANAC_REPLICAS_SCHEDULES").unwrap_or(200);
+    let count: usize = env_number("ALMANAC_REPLICAS_SCHEDULES").unwrap_or(100);
     let started = Instant::now();
     let mut dir = tempfile::tempdir().expect("tempdir");
     dir.disable_cleanup(true);
