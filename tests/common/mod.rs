@@ -126,6 +126,8 @@ pub async fn start_scheduler_tuned(
     let (stop, stopped) = oneshot::channel::<()>();
     let mut config = almanac_scheduler::config::Config::new(dir.join("scheduler.db"), executor);
     config.database_url = almanac_testkit::postgres_database_for(dir, "scheduler");
+    // One scheduler per test, restarted under its name: it resumes its runs at once.
+    config.engine.replica_id = "test-scheduler".into();
     tune(&mut config);
     let task = tokio::spawn(async move {
         let shutdown = async {

@@ -8,3 +8,10 @@ ALTER TABLE runs ADD COLUMN lease_until_ms BIGINT;
 ALTER TABLE runs ADD COLUMN lease_epoch BIGINT NOT NULL DEFAULT 0;
 
 CREATE INDEX runs_leases ON runs (lease_until_ms) WHERE status IN ('PENDING', 'RUNNING');
+
+-- The scheduler replicas alive: each renews its row with its leases. A replica that
+-- starts while others are alive counts no fire as missed (they were firing).
+CREATE TABLE replicas (
+    id             TEXT PRIMARY KEY,
+    alive_until_ms BIGINT NOT NULL
+);

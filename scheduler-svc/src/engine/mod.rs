@@ -121,6 +121,16 @@ impl Engine {
         shutdown: CancellationToken,
     ) -> Result<(), crate::store::StoreError> {
         let boot_ms = self.clock.now_ms();
+        let me = self.config.replica_id.as_str();
+        let peers_alive = self.store.live_peers(me, boot_ms).await? > 0;
+        let lease_ms = i64::try_from(self.config.lease_ttl.as_millis()).unwrap_or(i64::MAX / 4);
+        // Alive from now on, for replicas starting after this one.
+        self.store.renew_leases(me, boot_ms + lease_ms).await?;
+        if peers_alive {
+            tracing::info!(
+                "other scheduler replicas are alive: fires due now are theirs, late, not missed"
+            );
+        }
         self.timer.load(self.store.as_ref()).await?;
         let (effects_tx, effects_rx) = tokio::sync::mpsc::unbounded_channel();
         self.effects.spawn_loop(effects_rx, shutdown.clone());
@@ -134,10 +144,7 @@ impl Engine {
             self.specs.clone(),
             timer::Missed {
                 boot_ms,
-                // Several writers: the store may be shared by replicas (PostgreSQL).
-                replica_grace_ms: (self.store.claim_parallelism() > 1).then(|| {
-                    i64::try_from(self.config.lease_ttl.as_millis()).unwrap_or(i64::MAX / 4)
-                }),
+                peers_alive,
             },
             shutdown,
         );

@@ -72,8 +72,8 @@ pub struct DueContext<'a> {
     pub schedule: &'a Schedule,
     pub spec: &'a CompiledSpec,
     pub now_ms: i64,
-    /// Fires due before this were missed: when this scheduler process started (with
-    /// replicas, the timer passes the earlier of that and a lease ago: see `timer.rs`).
+    /// Fires due before this were missed: when this scheduler process started (joining
+    /// live replicas, nothing: see `timer::Missed`).
     pub boot_ms: i64,
     /// What the schedule has in flight and waiting, read from the ledger.
     pub in_flight: InFlight,

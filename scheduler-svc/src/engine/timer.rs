@@ -29,19 +29,22 @@ use crate::store::{SchedulerStore, StoreError};
 pub struct Missed {
     /// When this process started.
     pub boot_ms: i64,
-    /// With replicas, the lease length: see `before`.
-    pub replica_grace_ms: Option<i64>,
+    /// Whether other scheduler replicas were alive when it started.
+    pub peers_alive: bool,
 }
 
 impl Missed {
-    /// Fires due before this were missed. Alone, every fire due before this process
-    /// started was missed by it. With replicas, such a fire is missed only if it is also
-    /// more than a lease late: until then a live replica would have claimed it, and it is
-    /// merely late (a restarted replica must not call its peers' fires missed).
-    pub fn before(&self, now_ms: i64) -> i64 {
-        match self.replica_grace_ms {
-            Some(grace) => self.boot_ms.min(now_ms - grace),
-            None => self.boot_ms,
+    /// Fires due before this were missed: those due before this process started — unless
+    /// other replicas were alive then. They were firing, so a fire this replica finds due
+    /// at its start is one of theirs running late, not a fire the scheduler missed (a
+    /// restarted replica must not apply the catch-up policy to its peers' late fires: a
+    /// misfire-SKIP schedule would lose them). Fires older than the catch-up window are
+    /// missed either way (`policy.rs`).
+    pub fn before(&self, _now_ms: i64) -> i64 {
+        if self.peers_alive {
+            i64::MIN
+        } else {
+            self.boot_ms
         }
     }
 }
@@ -291,21 +294,18 @@ mod tests {
     fn alone_every_fire_due_before_the_start_is_missed() {
         let missed = Missed {
             boot_ms: 10_000,
-            replica_grace_ms: None,
+            peers_alive: false,
         };
         assert_eq!(missed.before(10_500), 10_000);
         assert_eq!(missed.before(60_000), 10_000);
     }
 
     #[test]
-    fn with_replicas_a_fire_is_missed_only_once_a_lease_late() {
+    fn joining_live_replicas_no_fire_is_missed_by_the_start() {
         let missed = Missed {
             boot_ms: 10_000,
-            replica_grace_ms: Some(3_000),
+            peers_alive: true,
         };
-        // Just after a restart, a fire due a moment ago is a peer's late fire.
-        assert_eq!(missed.before(10_500), 7_500);
-        // Long after the start, only fires before the start can have been missed.
-        assert_eq!(missed.before(60_000), 10_000);
+        assert_eq!(missed.before(10_500), i64::MIN);
     }
 }

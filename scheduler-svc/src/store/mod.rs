@@ -204,10 +204,15 @@ pub trait SchedulerStore: Send + Sync + 'static {
         now_ms: i64,
         until_ms: i64,
     ) -> Result<Option<i64>, StoreError>;
-    /// Extends until `until_ms` every lease `owner` holds on a run in flight; how many.
+    /// Extends until `until_ms` every lease `owner` holds on a run in flight, and records
+    /// `owner` as a replica alive until then; how many leases.
     async fn renew_leases(&self, owner: &str, until_ms: i64) -> Result<u64, StoreError>;
+    /// How many scheduler replicas other than `owner` are alive at `now_ms` (always 0 on
+    /// SQLite, which serves one scheduler).
+    async fn live_peers(&self, owner: &str, now_ms: i64) -> Result<u64, StoreError>;
     /// Ends every lease `owner` holds now (a graceful stop), so another replica adopts
-    /// its runs at its next sweep rather than a lease later; how many.
+    /// its runs at its next sweep rather than a lease later, and forgets the replica;
+    /// how many leases.
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
     /// In-flight runs `owner` may drive (recovery dispatches them), oldest due first: its
     /// own, unowned ones written before `unowned_before_ms`, and those whose lease expired

@@ -33,6 +33,11 @@ async fn a_lease_is_taken_renewed_and_adopted_after_it_expires(store: Store) {
         "the owner takes it again, a new epoch"
     );
     assert_eq!(store.renew_leases("a", T0 + 3 * TTL).await.unwrap(), 1);
+    // A renewal also records the replica alive; SQLite serves one scheduler.
+    let peers_of_b = store.live_peers("b", T0 + 2 * TTL).await.unwrap();
+    assert_eq!(peers_of_b, u64::from(shared(&store)));
+    assert_eq!(store.live_peers("a", T0 + 2 * TTL).await.unwrap(), 0);
+    assert_eq!(store.live_peers("b", T0 + 3 * TTL + 1).await.unwrap(), 0);
     // Past the first lease but inside the renewed one.
     let stolen = store
         .take_lease(&run, "b", T0 + 2 * TTL, T0 + 3 * TTL)

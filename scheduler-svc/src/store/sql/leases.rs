@@ -39,6 +39,12 @@ pub async fn take(
 /// waited on row locks could deadlock with a writer locking the same runs in another
 /// order.
 pub async fn renew(conn: &mut dyn Conn, owner: &str, until_ms: i64) -> Result<u64, StoreError> {
+    conn.execute(
+        "INSERT INTO replicas (id, alive_until_ms) VALUES ($1, $2) \
+         ON CONFLICT (id) DO UPDATE SET alive_until_ms = excluded.alive_until_ms",
+        params![owner, until_ms],
+    )
+    .await?;
     let sql = match conn.dialect() {
         Dialect::Sqlite => {
             "UPDATE runs SET lease_until_ms = $1 \
@@ -55,12 +61,25 @@ pub async fn renew(conn: &mut dyn Conn, owner: &str, until_ms: i64) -> Result<u6
 
 /// Expires every lease `owner` holds on a run in flight; how many.
 pub async fn release(conn: &mut dyn Conn, owner: &str) -> Result<u64, StoreError> {
+    conn.execute("DELETE FROM replicas WHERE id = $1", params![owner])
+        .await?;
     conn.execute(
         "UPDATE runs SET lease_until_ms = 0 \
          WHERE owner = $1 AND status IN ('PENDING', 'RUNNING')",
         params![owner],
     )
     .await
+}
+
+/// How many replicas other than `owner` are alive at `now_ms`.
+pub async fn live_peers(conn: &mut dyn Conn, owner: &str, now_ms: i64) -> Result<i64, StoreError> {
+    let row = conn
+        .fetch_optional(
+            "SELECT COUNT(*) AS n FROM replicas WHERE id <> $1 AND alive_until_ms > $2",
+            params![owner, now_ms],
+        )
+        .await?;
+    row.map_or(Ok(0), |r| col::<i64>(&r, "n"))
 }
 
 /// In-flight runs `owner` may drive, oldest due first: its own, those nobody took that

@@ -272,6 +272,15 @@ impl<B: Backend> SchedulerStore for SqlStore<B> {
         write_tx!(self, |conn| leases::release(conn, owner).await?)
     }
 
+    async fn live_peers(&self, owner: &str, now_ms: i64) -> Result<u64, StoreError> {
+        if self.db.concurrent_writers() == 1 {
+            return Ok(0); // one scheduler per SQLite file
+        }
+        let mut reader = self.db.reader().await?;
+        let n = leases::live_peers(reader.conn(), owner, now_ms).await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     async fn drivable_runs(
         &self,
         owner: &str,
