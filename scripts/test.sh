@@ -55,10 +55,10 @@ for backend in sqlite postgres; do
     echo "==> cargo tests (workspace, services on $backend)"
     cargo nextest run --workspace --no-fail-fast -E "not ($heavy)" || status=$?
     echo "==> the chaos test (services on $backend, ALMANAC_CHAOS_ITERATIONS=$ALMANAC_CHAOS_ITERATIONS, ${ALMANAC_CHAOS_SCHEDULES:-200} schedules)"
-    cargo nextest run --workspace --no-fail-fast -E 'binary(chaos)' || status=$?
+    cargo nextest run --workspace --no-fail-fast --no-capture -E 'binary(chaos)' || status=$?
     if [ "$backend" = postgres ]; then
       echo "==> the replicas' chaos test (ALMANAC_REPLICAS_ITERATIONS=$ALMANAC_REPLICAS_ITERATIONS)"
-      cargo nextest run --workspace --no-fail-fast -E 'binary(replicas_chaos)' || status=$?
+      cargo nextest run --workspace --no-fail-fast --no-capture -E 'binary(replicas_chaos)' || status=$?
     fi
   else
     echo "==> cargo tests (workspace, services on $backend)"

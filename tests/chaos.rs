@@ -13,13 +13,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use almanac_proto::scheduler::v1 as pb;
-use chaos_support::checks::{Grace, World, judge};
-use chaos_support::figures::{Setting, render};
-use chaos_support::{
-    ChaosSchedule, Client, Outage, Service, SinkProc, fetch_ledger, in_flight, now_ms, python,
-    read_deliveries,
-};
+use chaos_support::checks::{Grace, World};
+use chaos_support::figures::Setting;
+use chaos_support::harness::{create_schedules, env_number, pause_and_drain, verdict};
+use chaos_support::{Outage, Service, SinkProc, now_ms, python, read_deliveries};
 use common::procs::{Proc, snapshot_binary};
 use common::{scheduler_client, tool_available};
 use rand::rngs::StdRng;
@@ -55,15 +52,6 @@ const WARM_UP: Duration = Duration::from_secs(3);
 const SETTLE: Duration = Duration::from_secs(9);
 /// The bound on the wait for in-flight runs to end after every schedule is paused.
 const DRAIN: Duration = Duration::from_secs(120);
-
-fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
-    let text = std::env::var(name).ok()?;
-    Some(
-        text.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={text:?} is not a number")),
-    )
-}
 
 /// The two services as processes; each killed when dropped.
 struct Services {
@@ -122,19 +110,6 @@ impl Services {
     }
 }
 
-async fn pause_all(client: &mut Client, schedules: &[ChaosSchedule]) {
-    for s in schedules {
-        client
-            .pause_schedule(pb::PauseScheduleRequest {
-                schedule_id: s.id.clone(),
-                note: "chaos over".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap_or_else(|e| panic!("pause {}: {e}", s.id));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_kills_of_scheduler_and_executor_lose_no_fire_and_run_none_twice() {
     let seed = env_number("ALMANAC_CHAOS_SEED").unwrap_or_else(rand::random::<u64>);
@@ -163,17 +138,7 @@ async fn random_kills_of_scheduler_and_executor_lose_no_fire_and_run_none_twice(
     let mut services = Services::start(snapshot_binary(bin_dir.path()), dir.path());
     let mut client = scheduler_client(&services.scheduler_url()).await;
 
-    let schedules: Vec<ChaosSchedule> = (0..count).map(ChaosSchedule::new).collect();
-    for (i, s) in schedules.iter().enumerate() {
-        client
-            .create_schedule(s.request(i, &sink.base_url()))
-            .await
-            .unwrap_or_else(|e| panic!("create {}: {e}", s.id));
-    }
-    println!(
-        "{count} schedules created in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    let schedules = create_schedules(&mut client, count, &sink.base_url()).await;
     tokio::time::sleep(WARM_UP).await;
 
     let mut rng = StdRng::seed_from_u64(seed);
@@ -200,20 +165,7 @@ async fn random_kills_of_scheduler_and_executor_lose_no_fire_and_run_none_twice(
     tokio::time::sleep(SETTLE).await;
 
     client = scheduler_client(&services.scheduler_url()).await;
-    pause_all(&mut client, &schedules).await;
-    let drain_from = Instant::now();
-    let ledger = loop {
-        let ledger = fetch_ledger(&mut client, &schedules).await;
-        let left = ledger.values().flatten().filter(|r| in_flight(r)).count();
-        if left == 0 || drain_from.elapsed() > DRAIN {
-            break ledger;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    println!(
-        "paused; in-flight runs drained in {:.1} s",
-        drain_from.elapsed().as_secs_f64()
-    );
+    let ledger = pause_and_drain(&mut client, &schedules, DRAIN).await;
     let scheduler_exit = services.scheduler.take().expect("up").terminate();
     let executor_exit = services.executor.take().expect("up").terminate();
     // Nothing sends once the executor has stopped: the record is complete.
@@ -228,14 +180,6 @@ async fn random_kills_of_scheduler_and_executor_lose_no_fire_and_run_none_twice(
         grace: GRACE,
         replicated: false,
     };
-    let (mut violations, mut tally) = judge(&world);
-    for (name, exit) in [("scheduler", scheduler_exit), ("executor", executor_exit)] {
-        if exit != Some(0) {
-            violations.push(format!(
-                "the {name} did not exit 0 within 30 s of SIGTERM: exit {exit:?}"
-            ));
-        }
-    }
     let setting = Setting {
         seed,
         iterations,
@@ -244,17 +188,9 @@ async fn random_kills_of_scheduler_and_executor_lose_no_fire_and_run_none_twice(
         grace: GRACE,
         elapsed_s: started.elapsed().as_secs_f64(),
     };
-    println!("{}", render(&setting, &mut tally));
-    if !violations.is_empty() {
-        for v in violations.iter().take(80) {
-            println!("VIOLATION {v}");
-        }
-        panic!(
-            "{} violation(s) with seed {seed} (first: {}); logs, databases and the sink record kept in {}",
-            violations.len(),
-            violations[0],
-            dir.path().display()
-        );
-    }
-    dir.disable_cleanup(false);
+    let exits = [
+        ("scheduler".to_owned(), scheduler_exit),
+        ("executor".to_owned(), executor_exit),
+    ];
+    verdict(&world, &setting, &exits, &mut dir);
 }

@@ -7,6 +7,7 @@
 
 pub mod checks;
 pub mod figures;
+pub mod harness;
 pub mod runs;
 
 use std::collections::HashMap;
