@@ -176,12 +176,28 @@ async fn drivable_runs_are_own_unowned_or_expired(store: Store) {
         .await
         .unwrap();
     store.take_lease(&expired, "b", T0, T0 + TTL).await.unwrap();
-    // `fresh` was written 10 s ago, within the writer's time to take it.
+    // `fresh` was written 10 s ago, within its writer's time to take it — if a writer
+    // other than "me" is alive.
+    let alone = store
+        .drivable_runs("me", now, now - 30_000, 100)
+        .await
+        .unwrap();
+    // Another replica alive (one that holds no lease here).
+    store.renew_leases("c", now + TTL).await.unwrap();
     let drivable = store
         .drivable_runs("me", now, now - 30_000, 100)
         .await
         .unwrap();
     if shared(&store) {
+        assert_eq!(
+            alone,
+            [
+                own.clone(),
+                expired.clone(),
+                old_unowned.clone(),
+                fresh.clone()
+            ]
+        );
         assert_eq!(drivable, [own, expired, old_unowned]);
     } else {
         assert_eq!(drivable, [own, others, expired, old_unowned, fresh]);

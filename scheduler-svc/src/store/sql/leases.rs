@@ -82,9 +82,11 @@ pub async fn live_peers(conn: &mut dyn Conn, owner: &str, now_ms: i64) -> Result
     row.map_or(Ok(0), |r| col::<i64>(&r, "n"))
 }
 
-/// In-flight runs `owner` may drive, oldest due first: its own, those nobody took that
-/// were written before `unowned_before_ms` (their writer had time to take them), and
-/// those whose lease expired before `now_ms` — every one on an exclusive store.
+/// In-flight runs `owner` may drive, oldest due first: its own, those whose lease
+/// expired before `now_ms`, and those nobody took (their writer died between commit and
+/// dispatch) once they were written before `unowned_before_ms` — or at once when no
+/// other replica is alive to be their writer (a lone scheduler restarting). Every one on
+/// an exclusive store.
 pub async fn drivable(
     conn: &mut dyn Conn,
     owner: &str,
@@ -97,7 +99,8 @@ pub async fn drivable(
         .fetch_all(
             "SELECT id FROM runs WHERE status IN ('PENDING', 'RUNNING') \
              AND ($1 OR owner = $2 OR lease_until_ms < $3 \
-                  OR (owner IS NULL AND created_ms < $4)) \
+                  OR (owner IS NULL AND (created_ms < $4 OR NOT EXISTS ( \
+                      SELECT 1 FROM replicas WHERE id <> $2 AND alive_until_ms > $3)))) \
              ORDER BY dispatch_after_ms, id LIMIT $5",
             params![exclusive, owner, now_ms, unowned_before_ms, limit],
         )
