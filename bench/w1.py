@@ -1,0 +1,245 @@
+#!/usr/bin/env python3
+"""W1 (issue 7): N schedules firing every second against a loopback sink that measures
+lateness (receive time - nominal time), duplicates and loss; one configuration per run.
+
+  1. start the peers' sink (../shared/peers/sink) reading the fire from Almanac's
+     X-Almanac-Schedule-Id / X-Almanac-Nominal-Time headers, and wait for /health;
+  2. start `almanac executor` and `almanac scheduler` as two processes (SQLite files in a
+     temporary folder, or PostgreSQL with --database-url), as a user would run them;
+  3. create N interval schedules (every 1 s; offset 0 = burst, i/N s = --spread) whose
+     action is call_api POST to the sink and whose overlap policy is ALLOW_ALL (a late
+     fire still runs, as in the peers), through the real gRPC API;
+  4. T0 = next whole second + warm-up, T1 = T0 + duration; sample both processes' CPU
+     at T0 and T1; after the drain, ask the sink about nominal times in [T0, T1)
+     (expected N x duration fires);
+  5. read both processes' peak RSS (VmHWM), stop them with SIGTERM, print one JSON line
+     (and append it to --out).
+
+Every process is started and stopped here by PID; all traffic stays on 127.0.0.1; every
+wait is bounded.
+"""
+import argparse
+import concurrent.futures
+import importlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+from grpc_tools import protoc
+import grpc
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def generate_stubs(out_dir):
+    os.makedirs(out_dir, exist_ok=True)
+    include = os.path.join(os.path.dirname(protoc.__file__), "_proto")
+    files = [
+        "almanac/executor/v1/action.proto",
+        "almanac/executor/v1/executor.proto",
+        "almanac/scheduler/v1/scheduler.proto",
+    ]
+    code = protoc.main(
+        ["protoc", f"-I{ROOT}/proto", f"-I{include}", f"--python_out={out_dir}",
+         f"--grpc_python_out={out_dir}"] + files
+    )
+    if code != 0:
+        sys.exit(f"protoc failed with {code}")
+    sys.path.insert(0, out_dir)
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def peak_rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return None
+
+
+def start(cmd, log_path, ready_prefix=None, timeout=60):
+    """Starts `cmd`; with `ready_prefix`, waits for its first stdout line and returns
+    (process, that line)."""
+    log = open(log_path, "ab")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log)
+    if ready_prefix is None:
+        return proc, None
+    deadline = time.time() + timeout
+    line = proc.stdout.readline().decode()
+    if not line.startswith(ready_prefix) or time.time() > deadline:
+        stop(proc)
+        sys.exit(f"{cmd[0]} did not start: {line!r} (see {log_path})")
+    return proc, line.strip()
+
+
+def stop(proc, grace=15.0):
+    if proc.poll() is not None:
+        return proc.returncode
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        return proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        return proc.wait(timeout=10)
+
+
+def http_get(url, timeout=30):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read()
+
+
+def wait_http(url, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            http_get(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit(f"{url} did not answer within {timeout} s")
+
+
+def sleep_until(t):
+    while True:
+        d = t - time.time()
+        if d <= 0:
+            return
+        time.sleep(min(d, 0.5))
+
+
+def create_schedules(stub, pb, action_pb, duration_pb, n, spread, sink_url):
+    def request(i):
+        offset_ms = (i * 1000) // n if spread else 0
+        spec = pb.ScheduleSpec(
+            interval=pb.IntervalSpec(
+                every=duration_pb.Duration(seconds=1),
+                offset=duration_pb.Duration(nanos=offset_ms * 1_000_000),
+            )
+        )
+        action = action_pb.Action(call_api=action_pb.CallApiAction(method="POST", url=sink_url))
+        # ALLOW_ALL: a late fire still runs (SKIP, the default, would record it SKIPPED
+        # behind the previous one and the sink would count it missing), as the peers do.
+        return pb.CreateScheduleRequest(
+            schedule_id=f"w1-{i:06d}",
+            schedule=pb.Schedule(spec=spec, action=action,
+                                 overlap_policy=pb.OVERLAP_POLICY_ALLOW_ALL),
+        )
+
+    started = time.time()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        for _ in pool.map(lambda i: stub.CreateSchedule(request(i), timeout=60), range(n)):
+            pass
+    return time.time() - started
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, required=True)
+    ap.add_argument("--spread", action="store_true")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--duration", type=int, default=30)
+    ap.add_argument("--drain", type=int, default=5)
+    ap.add_argument("--port", type=int, default=18090)
+    ap.add_argument("--almanac", default=os.path.join(ROOT, "target", "release", "almanac"))
+    ap.add_argument("--sink", default=os.environ.get("SINK_BIN", "/tmp/peers-target/release/sink"))
+    ap.add_argument("--database-url", default=None, help="PostgreSQL for both services (default: SQLite files)")
+    ap.add_argument("--label", default=None)
+    ap.add_argument("--out", default=None, help="append the JSON line to this file")
+    a = ap.parse_args()
+
+    work = tempfile.mkdtemp(prefix="almanac-w1-")
+    generate_stubs(os.path.join(work, "stubs"))
+    pb = importlib.import_module("almanac.scheduler.v1.scheduler_pb2")
+    rpc = importlib.import_module("almanac.scheduler.v1.scheduler_pb2_grpc")
+    action_pb = importlib.import_module("almanac.executor.v1.action_pb2")
+    from google.protobuf import duration_pb2
+
+    sink, _ = start(
+        [a.sink, "--port", str(a.port), "--schedule-header", "X-Almanac-Schedule-Id",
+         "--nominal-header", "X-Almanac-Nominal-Time"],
+        os.path.join(work, "sink.log"),
+    )
+    base = f"http://127.0.0.1:{a.port}"
+    procs = []
+    try:
+        wait_http(f"{base}/health")
+        config = os.path.join(work, "executor.toml")
+        with open(config, "w") as f:
+            f.write('[egress]\nallow = ["127.0.0.0/8"]\n')
+        db = lambda name: (["--database-url", a.database_url] if a.database_url
+                           else ["--database", os.path.join(work, f"{name}.db")])
+        executor, line = start(
+            [a.almanac, "executor", "--listen", "127.0.0.1:0", "--config", config,
+             "--replica-id", "executor"] + db("executor"),
+            os.path.join(work, "executor.log"), "executor listening on",
+        )
+        procs.append(executor)
+        executor_url = line.split()[-1]
+        scheduler, line = start(
+            [a.almanac, "scheduler", "--listen", "127.0.0.1:0", "--executor", executor_url,
+             "--replica-id", "scheduler"] + db("scheduler"),
+            os.path.join(work, "scheduler.log"), "scheduler listening on",
+        )
+        procs.append(scheduler)
+        scheduler_addr = line.split()[-1].removeprefix("http://")
+        stub = rpc.SchedulerServiceStub(grpc.insecure_channel(scheduler_addr))
+        create_s = create_schedules(stub, pb, action_pb, duration_pb2, a.n, a.spread, f"{base}/fire")
+
+        t0 = math.ceil(time.time()) + a.warmup
+        t1 = t0 + a.duration
+        sleep_until(t0)
+        cpu0 = {p.pid: cpu_seconds(p.pid) for p in procs}
+        sleep_until(t1)
+        cpu1 = {p.pid: cpu_seconds(p.pid) for p in procs}
+        time.sleep(a.drain)
+        query = f"from_ms={t0 * 1000}&to_ms={t1 * 1000}&expected={a.n * a.duration}"
+        if a.spread:
+            query += f"&spread_n={a.n}"
+        report = json.loads(http_get(f"{base}/report?{query}"))
+        rss = {name: peak_rss_mb(p.pid) for name, p in zip(["executor", "scheduler"], procs)}
+        cpu = sum(cpu1[p] - cpu0[p] for p in cpu1)
+        delivered = max(report.get("unique", 0), 1)
+        row = {
+            "system": "almanac",
+            "label": a.label or f"almanac-{'spread' if a.spread else 'burst'}-{a.n}",
+            "backend": "postgres" if a.database_url else "sqlite",
+            "n": a.n,
+            "mode": "spread" if a.spread else "burst",
+            "duration_s": a.duration,
+            "create_s": round(create_s, 2),
+            "cpu_s": round(cpu, 2),
+            "cpu_us_per_fire": round(cpu * 1e6 / delivered, 1),
+            "peak_rss_mb": rss,
+            "report": report,
+        }
+    finally:
+        for p in reversed(procs):
+            stop(p)
+        stop(sink)
+    line = json.dumps(row)
+    print(line)
+    if a.out:
+        with open(a.out, "a") as f:
+            f.write(line + "\n")
+    r = row["report"]
+    lat = r.get("lateness_ms") or {}
+    print(f"# {row['label']}: delivered {r.get('unique')}/{r.get('expected')} "
+          f"(missing {r.get('missing')}, duplicates {r.get('duplicates')}), lateness {lat}, "
+          f"{row['cpu_us_per_fire']} us CPU per fire, peak RSS {rss}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
