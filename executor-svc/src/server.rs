@@ -13,7 +13,6 @@ use almanac_proto::executor::v1::executor_service_server::ExecutorServiceServer;
 use almanac_proto::executor::v1::pipeline_service_server::PipelineServiceServer;
 use almanac_proto::executor::v1::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::actions::run_task::RunTask;
@@ -152,7 +151,7 @@ pub async fn run(
             Arc::clone(&engine),
             run_task.queues(),
         ))))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .serve_with_incoming_shutdown(incoming(listener), signal)
         .await;
 
     stop.cancel();
@@ -167,4 +166,10 @@ pub async fn run(
     served?;
     tracing::info!("executor stopped");
     Ok(())
+}
+
+/// The accepted connections, with `TCP_NODELAY`: without it a response written in
+/// pieces (every streamed event) waits for the peer's delayed ACK, ~40 ms on Linux.
+fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
