@@ -1,6 +1,7 @@
 //! The executor's one error type (`ExecutorError`), used by the engine, the store and the
-//! actions' callers, and `ServerError` for what stops `server::run`. Mapping to
-//! `tonic::Status` happens in one place only: `grpc/status.rs`.
+//! actions' callers, and `ServerError` for what stops `server::run`; both carry a
+//! database driver's own error as a `DatabaseError`. Mapping to `tonic::Status` happens in
+//! one place only: `grpc/status.rs`.
 
 use almanac_proto::action::FieldViolation;
 
@@ -40,13 +41,28 @@ pub enum ExecutorError {
     ShuttingDown,
     /// The database cannot be reached or is busy past its timeout.
     #[error("the database is unavailable: {0}")]
-    StoreUnavailable(#[source] sqlx::Error),
+    StoreUnavailable(#[source] DatabaseError),
     /// Any other database error.
     #[error("database error: {0}")]
-    Store(#[source] sqlx::Error),
+    Store(#[source] DatabaseError),
     /// A stored row could not be decoded.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+}
+
+/// A database error as its backend's driver reported it, kept whole for the logs (the
+/// store has already classified it into an `ExecutorError` variant).
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    /// From sqlx: the PostgreSQL backend, and both backends' migrations.
+    #[error(transparent)]
+    Sqlx(#[from] sqlx::Error),
+    /// From rusqlite: the SQLite backend.
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    /// The store was closed (the executor is stopping) and takes no more statements.
+    #[error("the store is closed")]
+    Closed,
 }
 
 fn join(violations: &[FieldViolation]) -> String {
@@ -98,7 +114,7 @@ pub enum ServerError {
     },
     /// The database could not be opened.
     #[error("cannot open the database: {0}")]
-    Open(#[source] sqlx::Error),
+    Open(#[source] DatabaseError),
     /// A migration failed.
     #[error("cannot migrate the database: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

@@ -44,6 +44,7 @@ pub fn to_status(error: ExecutorError) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::DatabaseError;
     use tonic::Code;
 
     #[test]
@@ -68,7 +69,11 @@ mod tests {
             (ExecutorError::ShuttingDown, Code::Unavailable),
             (ExecutorError::LeaseLost("e".into()), Code::Unavailable),
             (
-                ExecutorError::StoreUnavailable(sqlx::Error::PoolTimedOut),
+                ExecutorError::StoreUnavailable(sqlx::Error::PoolTimedOut.into()),
+                Code::Unavailable,
+            ),
+            (
+                ExecutorError::StoreUnavailable(DatabaseError::Closed),
                 Code::Unavailable,
             ),
             (
@@ -76,7 +81,11 @@ mod tests {
                 Code::Internal,
             ),
             (
-                ExecutorError::Store(sqlx::Error::RowNotFound),
+                ExecutorError::Store(sqlx::Error::RowNotFound.into()),
+                Code::Internal,
+            ),
+            (
+                ExecutorError::Store(rusqlite::Error::InvalidColumnName("secret".into()).into()),
                 Code::Internal,
             ),
         ];

@@ -103,6 +103,7 @@ pub trait ExecutorStore: TaskStore + PipelineStore + LeaseStore + Send + Sync + 
     /// never touched.
     async fn prune_finished(&self, before_ms: i64, batch: u32) -> Result<u64, ExecutorError>;
 
-    /// Closes the connections, waiting for writes in progress.
+    /// Closes the store, waiting for writes in progress; later calls fail with
+    /// `StoreUnavailable`.
     async fn close(&self);
 }

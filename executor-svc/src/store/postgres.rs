@@ -13,7 +13,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 
-use crate::error::{ExecutorError, ServerError};
+use crate::error::{DatabaseError, ExecutorError, ServerError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/executor/postgres");
 
@@ -42,19 +42,19 @@ impl PostgresStore {
     /// and applies the migrations, once even when several executors start together.
     pub async fn open(url: &str) -> Result<Self, ServerError> {
         let options = PgConnectOptions::from_str(url)
-            .map_err(ServerError::Open)?
+            .map_err(|e| ServerError::Open(e.into()))?
             .options([("search_path", SCHEMA)]);
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options.clone())
             .await
-            .map_err(ServerError::Open)?;
+            .map_err(|e| ServerError::Open(e.into()))?;
         // The service's advisory lock, held on a connection of its own while the pool
         // creates the schema and migrates: executors starting together take turns.
         let mut lock = PgConnection::connect_with(&options)
             .await
-            .map_err(ServerError::Open)?;
+            .map_err(|e| ServerError::Open(e.into()))?;
         sqlx::query("SELECT pg_advisory_lock($1)")
             .bind(MIGRATION_LOCK)
             .execute(&mut lock)
@@ -107,23 +107,23 @@ pub(crate) fn classify(error: sqlx::Error) -> ExecutorError {
                     "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03"
                 );
             if transient {
-                ExecutorError::StoreUnavailable(error)
+                ExecutorError::StoreUnavailable(error.into())
             } else {
-                ExecutorError::Store(error)
+                ExecutorError::Store(error.into())
             }
         }
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed => ExecutorError::StoreUnavailable(error),
-        _ => ExecutorError::Store(error),
+        | sqlx::Error::PoolClosed => ExecutorError::StoreUnavailable(error.into()),
+        _ => ExecutorError::Store(error.into()),
     }
 }
 
 /// Whether a transaction failed only because it lost a deadlock or a serialisation
 /// conflict, so running it again may succeed.
 pub(crate) fn is_conflict(error: &ExecutorError) -> bool {
-    matches!(error, ExecutorError::StoreUnavailable(sqlx::Error::Database(db))
+    matches!(error, ExecutorError::StoreUnavailable(DatabaseError::Sqlx(sqlx::Error::Database(db)))
         if matches!(db.code().as_deref(), Some("40001" | "40P01")))
 }
 

@@ -42,14 +42,17 @@ pub enum StoreError {
     Conflict(String),
     /// The database cannot be reached or is busy past its timeout.
     #[error("database unavailable")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] BoxError),
     /// A stored value cannot be read back.
     #[error("corrupt row: {0}")]
     Corrupt(String),
     /// Any other database error.
     #[error("database error")]
-    Database(#[source] sqlx::Error),
+    Database(#[source] BoxError),
 }
+
+/// A database driver's error (sqlx for PostgreSQL, rusqlite for SQLite).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The planner a claim runs for each due schedule: the schedule as stored, and a run
 /// of what it has in flight. `Err` records the problem on the schedule and pauses it.

@@ -43,7 +43,8 @@ impl SqlStore<PostgresDb> {
     /// Connects to `url` (`postgres://…`), creates the schema `scheduler` if needed and
     /// applies its migrations under an advisory lock, then opens the pool.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url).map_err(StoreError::Database)?;
+        let options =
+            PgConnectOptions::from_str(url).map_err(|e| StoreError::Database(e.into()))?;
         migrate(&options).await?;
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
@@ -137,14 +138,14 @@ pub(crate) fn classify(e: sqlx::Error) -> StoreError {
                     || code.starts_with("57P")
             }) =>
         {
-            StoreError::Unavailable(e)
+            StoreError::Unavailable(e.into())
         }
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e),
-        _ => StoreError::Database(e),
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.into()),
+        _ => StoreError::Database(e.into()),
     }
 }
 

@@ -1,16 +1,16 @@
 //! The SQLite side of `LeaseStore`. One process serves a SQLite file, so leases only keep
 //! the contract both backends share (the conformance suite checks it): each operation is
-//! one `BEGIN IMMEDIATE` transaction through the single writer, renewals and releases
-//! name their leases by (id, epoch), and the clock is the process's own.
+//! one `BEGIN IMMEDIATE` transaction on the single writer, renewals and releases name
+//! their leases by (id, epoch), and the clock is the process's own.
 
 use async_trait::async_trait;
-use sqlx::Row;
+use rusqlite::{OptionalExtension, params};
 
-use super::{SqliteStore, classify};
+use super::{SqliteStore, query_all};
 use crate::error::ExecutorError;
 use crate::model::{CancelMode, ExecutionRecord};
 use crate::store::leases::{AdoptScope, Adoption, LeaseStore, Renewed};
-use crate::store::rows::{EXECUTION_COLUMNS, execution_from_row};
+use crate::store::rows::{EXECUTION_COLUMNS, SqliteRow, execution_from_row};
 
 fn epoch(epoch: u64) -> i64 {
     i64::try_from(epoch).unwrap_or(i64::MAX)
@@ -34,32 +34,29 @@ impl LeaseStore for SqliteStore {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.begin_write().await?;
-        let mut renewed = Vec::with_capacity(leases.len());
-        for (id, lease_epoch) in leases {
-            let row = sqlx::query(
+        self.write(|tx| {
+            let mut statement = tx.prepare_cached(
                 "UPDATE executions SET lease_until_ms = ?3
                  WHERE id = ?1 AND lease_epoch = ?2 AND owner = ?4
                  RETURNING id, cancel_requested",
-            )
-            .bind(id)
-            .bind(epoch(*lease_epoch))
-            .bind(until_ms)
-            .bind(owner)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(classify)?;
-            if let Some(row) = row {
-                renewed.push(Renewed {
-                    execution_id: row.try_get("id").map_err(classify)?,
-                    cancel_requested: cancel_mode(
-                        row.try_get("cancel_requested").map_err(classify)?,
-                    )?,
-                });
+            )?;
+            let mut renewed = Vec::with_capacity(leases.len());
+            for (id, lease_epoch) in leases {
+                let row = statement
+                    .query_row(params![id, epoch(*lease_epoch), until_ms, owner], |row| {
+                        Ok((row.get::<_, String>("id")?, row.get("cancel_requested")?))
+                    })
+                    .optional()?;
+                if let Some((execution_id, cancel)) = row {
+                    renewed.push(Renewed {
+                        execution_id,
+                        cancel_requested: cancel_mode(cancel)?,
+                    });
+                }
             }
-        }
-        tx.commit().await.map_err(classify)?;
-        Ok(renewed)
+            Ok(renewed)
+        })
+        .await
     }
 
     async fn adopt(&self, adoption: &Adoption) -> Result<Vec<ExecutionRecord>, ExecutorError> {
@@ -80,22 +77,21 @@ impl LeaseStore for SqliteStore {
                  ORDER BY id LIMIT ?5)
              RETURNING {EXECUTION_COLUMNS}"
         );
-        let mut tx = self.begin_write().await?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&adoption.owner)
-            .bind(adoption.now_ms)
-            .bind(adoption.lease_until_ms)
-            .bind(adoption.only.as_deref())
-            .bind(i64::from(adoption.limit))
-            .bind(adoption.after_id.as_deref())
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(classify)?;
-        tx.commit().await.map_err(classify)?;
-        let mut adopted = rows
-            .iter()
-            .map(execution_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut adopted = self
+            .write(|tx| {
+                let params = params![
+                    adoption.owner,
+                    adoption.now_ms,
+                    adoption.lease_until_ms,
+                    adoption.only.as_deref(),
+                    i64::from(adoption.limit),
+                    adoption.after_id.as_deref(),
+                ];
+                query_all(tx, &sql, params, |row| {
+                    execution_from_row(&SqliteRow::new(row))
+                })
+            })
+            .await?;
         adopted.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(adopted)
     }
@@ -108,20 +104,17 @@ impl LeaseStore for SqliteStore {
         if leases.is_empty() {
             return Ok(());
         }
-        let mut tx = self.begin_write().await?;
-        for (id, lease_epoch) in leases {
-            sqlx::query(
+        self.write(|tx| {
+            let mut statement = tx.prepare_cached(
                 "UPDATE executions SET lease_until_ms = 0
                  WHERE id = ?1 AND lease_epoch = ?2 AND owner = ?3",
-            )
-            .bind(id)
-            .bind(epoch(*lease_epoch))
-            .bind(owner)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        }
-        tx.commit().await.map_err(classify)
+            )?;
+            for (id, lease_epoch) in leases {
+                statement.execute(params![id, epoch(*lease_epoch), owner])?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn cancel_requests(
@@ -134,19 +127,21 @@ impl LeaseStore for SqliteStore {
         // A JSON array parameter stands for the list (json_each), as SQLite binds no arrays.
         let list = serde_json::to_string(ids)
             .map_err(|e| ExecutorError::Corrupt(format!("encode ids: {e}")))?;
-        let rows = sqlx::query(
-            "SELECT id, cancel_requested FROM executions
-             WHERE id IN (SELECT value FROM json_each(?1)) AND cancel_requested IS NOT NULL
-               AND status IN ('PENDING', 'RUNNING')",
-        )
-        .bind(list)
-        .fetch_all(&self.readers)
-        .await
-        .map_err(classify)?;
+        let rows: Vec<(String, Option<String>)> = self
+            .read(|conn| {
+                query_all(
+                    conn,
+                    "SELECT id, cancel_requested FROM executions
+                     WHERE id IN (SELECT value FROM json_each(?1)) AND cancel_requested IS NOT NULL
+                       AND status IN ('PENDING', 'RUNNING')",
+                    [&list],
+                    |row| Ok((row.get("id")?, row.get("cancel_requested")?)),
+                )
+            })
+            .await?;
         let mut found = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let id: String = row.try_get("id").map_err(classify)?;
-            if let Some(mode) = cancel_mode(row.try_get("cancel_requested").map_err(classify)?)? {
+        for (id, mode) in rows {
+            if let Some(mode) = cancel_mode(mode)? {
                 found.push((id, mode));
             }
         }

@@ -4,11 +4,13 @@
 //! statement with `FOR UPDATE SKIP LOCKED` and the same availability predicate.)
 
 use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{SqliteStore, classify};
+use super::{SqliteStore, query_all, query_opt};
 use crate::error::ExecutorError;
 use crate::store::rows::{
-    PROCESS_GROUP_COLUMNS, TASK_COLUMNS, encode_json, process_group_from_row, task_from_row,
+    PROCESS_GROUP_COLUMNS, SqliteRow, TASK_COLUMNS, encode_json, process_group_from_row,
+    task_from_row,
 };
 use crate::store::tasks::{
     NewTask, ProcessGroupRecord, TaskEnd, TaskGuard, TaskRecord, TaskStore, TaskUpdate,
@@ -30,17 +32,10 @@ const AVAILABLE_LATER: &str = "queue IN (SELECT value FROM json_each(?1)) AND (
     OR (status = 'LEASED' AND deliveries < max_deliveries
         AND (schedule_to_start_ms IS NULL OR lease_expires_ms + schedule_to_start_ms > ?2)))";
 
-async fn fetch_task<'c, E>(executor: E, id: &str) -> Result<Option<TaskRecord>, ExecutorError>
-where
-    E: sqlx::Executor<'c, Database = sqlx::Sqlite>,
-{
+/// One task by id, on `conn` (a reader, or the writer inside a transaction).
+fn fetch_task(conn: &Connection, id: &str) -> Result<Option<TaskRecord>, ExecutorError> {
     let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(id)
-        .fetch_optional(executor)
-        .await
-        .map_err(classify)?;
-    row.as_ref().map(task_from_row).transpose()
+    query_opt(conn, &sql, [id], |row| task_from_row(&SqliteRow::new(row)))
 }
 
 #[async_trait]
@@ -48,42 +43,41 @@ impl TaskStore for SqliteStore {
     async fn insert_task(&self, task: &NewTask) -> Result<(TaskRecord, bool), ExecutorError> {
         let payload = encode_json(&task.payload)?;
         let origin = task.origin.as_ref().map(encode_json).transpose()?;
-        let mut tx = self.begin_write().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO tasks (id, execution_id, node_id, try_number, queue, payload,
-                 idempotency_key, origin, deadline_ms, status, max_deliveries,
-                 heartbeat_timeout_ms, schedule_to_start_ms, start_to_close_ms, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'QUEUED', ?10, ?11, ?12, ?13, ?14)
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&task.id)
-        .bind(&task.execution_id)
-        .bind(&task.node_id)
-        .bind(i64::from(task.try_number))
-        .bind(&task.queue)
-        .bind(payload)
-        .bind(&task.idempotency_key)
-        .bind(origin)
-        .bind(task.deadline_ms)
-        .bind(i64::from(task.max_deliveries))
-        .bind(task.heartbeat_timeout_ms)
-        .bind(task.schedule_to_start_ms)
-        .bind(task.start_to_close_ms)
-        .bind(task.created_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?
-        .rows_affected()
-            == 1;
-        let stored = fetch_task(&mut *tx, &task.id).await?;
-        tx.commit().await.map_err(classify)?;
+        let (stored, inserted) = self
+            .write(|tx| {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO tasks (id, execution_id, node_id, try_number, queue, payload,
+                         idempotency_key, origin, deadline_ms, status, max_deliveries,
+                         heartbeat_timeout_ms, schedule_to_start_ms, start_to_close_ms, created_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'QUEUED', ?10, ?11, ?12, ?13, ?14)
+                     ON CONFLICT (id) DO NOTHING",
+                )?;
+                let inserted = insert.execute(params![
+                    task.id,
+                    task.execution_id,
+                    task.node_id,
+                    i64::from(task.try_number),
+                    task.queue,
+                    payload,
+                    task.idempotency_key,
+                    origin,
+                    task.deadline_ms,
+                    i64::from(task.max_deliveries),
+                    task.heartbeat_timeout_ms,
+                    task.schedule_to_start_ms,
+                    task.start_to_close_ms,
+                    task.created_ms,
+                ])? == 1;
+                Ok((fetch_task(tx, &task.id)?, inserted))
+            })
+            .await?;
         let stored =
             stored.ok_or_else(|| ExecutorError::Corrupt("inserted task vanished".into()))?;
         Ok((stored, inserted))
     }
 
     async fn get_task(&self, id: &str) -> Result<Option<TaskRecord>, ExecutorError> {
-        fetch_task(&self.readers, id).await
+        self.read(|conn| fetch_task(conn, id)).await
     }
 
     async fn next_available_ms(
@@ -95,12 +89,13 @@ impl TaskStore for SqliteStore {
             "SELECT MIN(CASE WHEN status = 'QUEUED' THEN created_ms ELSE lease_expires_ms END)
              FROM tasks WHERE {AVAILABLE_LATER}"
         );
-        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .bind(encode_json(queues)?)
-            .bind(now_ms)
-            .fetch_one(&self.readers)
-            .await
-            .map_err(classify)
+        let queues = encode_json(queues)?;
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(&sql)?
+                .query_row(params![queues, now_ms], |row| row.get(0))?)
+        })
+        .await
     }
 
     async fn claim_task(
@@ -110,34 +105,27 @@ impl TaskStore for SqliteStore {
         lease_id: &str,
         now_ms: i64,
     ) -> Result<Option<TaskRecord>, ExecutorError> {
-        let mut tx = self.begin_write().await?;
         let sql = format!("SELECT id FROM tasks WHERE {AVAILABLE} ORDER BY created_ms, id LIMIT 1");
-        let found: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .bind(encode_json(queues)?)
-            .bind(now_ms)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(classify)?;
-        let Some(id) = found else {
-            return Ok(None);
-        };
-        sqlx::query(
-            "UPDATE tasks SET status = 'LEASED', lease_id = ?2, worker_id = ?3,
-                 deliveries = deliveries + 1, lease_expires_ms = ?4 + heartbeat_timeout_ms,
-                 started_ms = COALESCE(started_ms, ?4), leased_ms = ?4,
-                 close_deadline_ms = ?4 + start_to_close_ms
-             WHERE id = ?1",
-        )
-        .bind(&id)
-        .bind(lease_id)
-        .bind(worker_id)
-        .bind(now_ms)
-        .execute(&mut *tx)
+        let queues = encode_json(queues)?;
+        self.write(|tx| {
+            let found: Option<String> = tx
+                .prepare_cached(&sql)?
+                .query_row(params![queues, now_ms], |row| row.get(0))
+                .optional()?;
+            let Some(id) = found else {
+                return Ok(None);
+            };
+            tx.prepare_cached(
+                "UPDATE tasks SET status = 'LEASED', lease_id = ?2, worker_id = ?3,
+                     deliveries = deliveries + 1, lease_expires_ms = ?4 + heartbeat_timeout_ms,
+                     started_ms = COALESCE(started_ms, ?4), leased_ms = ?4,
+                     close_deadline_ms = ?4 + start_to_close_ms
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, lease_id, worker_id, now_ms])?;
+            fetch_task(tx, &id)
+        })
         .await
-        .map_err(classify)?;
-        let claimed = fetch_task(&mut *tx, &id).await?;
-        tx.commit().await.map_err(classify)?;
-        Ok(claimed)
     }
 
     async fn extend_lease(
@@ -146,21 +134,16 @@ impl TaskStore for SqliteStore {
         lease_id: &str,
         now_ms: i64,
     ) -> Result<TaskUpdate, ExecutorError> {
-        let mut tx = self.begin_write().await?;
-        let changed = sqlx::query(
-            "UPDATE tasks SET lease_expires_ms = ?3 + heartbeat_timeout_ms
-             WHERE id = ?1 AND status = 'LEASED' AND lease_id = ?2 AND lease_expires_ms > ?3",
-        )
-        .bind(id)
-        .bind(lease_id)
-        .bind(now_ms)
-        .execute(&mut *tx)
+        self.write(|tx| {
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE tasks SET lease_expires_ms = ?3 + heartbeat_timeout_ms
+                     WHERE id = ?1 AND status = 'LEASED' AND lease_id = ?2 AND lease_expires_ms > ?3",
+                )?
+                .execute(params![id, lease_id, now_ms])?;
+            Ok(TaskUpdate::from_change(changed as u64, fetch_task(tx, id)?))
+        })
         .await
-        .map_err(classify)?
-        .rows_affected();
-        let task = fetch_task(&mut *tx, id).await?;
-        tx.commit().await.map_err(classify)?;
-        Ok(TaskUpdate::from_change(changed, task))
     }
 
     async fn end_task(
@@ -183,91 +166,89 @@ impl TaskStore for SqliteStore {
             TaskEnd::TimedOut(error) => (None, error.as_str(), true),
             TaskEnd::Cancelled(error) => (None, error.as_str(), false),
         };
-        let mut tx = self.begin_write().await?;
-        let changed = sqlx::query(
-            "UPDATE tasks SET status = ?2, result = ?3, error = ?4, ended_ms = ?5, retryable = ?8
-             WHERE id = ?1 AND CASE ?6
-                 WHEN 'open' THEN status IN ('QUEUED', 'LEASED')
-                 WHEN 'queued' THEN status = 'QUEUED'
-                 WHEN 'lease' THEN status = 'LEASED' AND lease_id = ?7
-                 WHEN 'live' THEN status = 'LEASED' AND lease_id = ?7 AND lease_expires_ms > ?5
-                 WHEN 'expired' THEN status = 'LEASED' AND lease_id = ?7 AND lease_expires_ms <= ?5
-                 ELSE 0 END",
-        )
-        .bind(id)
-        .bind(end.status().as_str())
-        .bind(result)
-        .bind(error)
-        .bind(now_ms)
-        .bind(guard_kind)
-        .bind(lease)
-        .bind(retryable)
-        .execute(&mut *tx)
+        self.write(|tx| {
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE tasks SET status = ?2, result = ?3, error = ?4, ended_ms = ?5, retryable = ?8
+                     WHERE id = ?1 AND CASE ?6
+                         WHEN 'open' THEN status IN ('QUEUED', 'LEASED')
+                         WHEN 'queued' THEN status = 'QUEUED'
+                         WHEN 'lease' THEN status = 'LEASED' AND lease_id = ?7
+                         WHEN 'live' THEN status = 'LEASED' AND lease_id = ?7 AND lease_expires_ms > ?5
+                         WHEN 'expired' THEN status = 'LEASED' AND lease_id = ?7 AND lease_expires_ms <= ?5
+                         ELSE 0 END",
+                )?
+                .execute(params![
+                    id,
+                    end.status().as_str(),
+                    result,
+                    error,
+                    now_ms,
+                    guard_kind,
+                    lease,
+                    retryable,
+                ])?;
+            Ok(TaskUpdate::from_change(changed as u64, fetch_task(tx, id)?))
+        })
         .await
-        .map_err(classify)?
-        .rows_affected();
-        let task = fetch_task(&mut *tx, id).await?;
-        tx.commit().await.map_err(classify)?;
-        Ok(TaskUpdate::from_change(changed, task))
     }
 
     async fn cancel_tasks_of_finished_executions(&self, now_ms: i64) -> Result<u64, ExecutorError> {
-        let mut tx = self.begin_write().await?;
-        let changed = sqlx::query(
-            "UPDATE tasks SET status = 'CANCELLED', ended_ms = ?1,
-                 error = 'cancelled: the execution ended before the task did'
-             WHERE status IN ('QUEUED', 'LEASED') AND execution_id IN (
-                 SELECT id FROM executions
-                 WHERE status IN ('SUCCEEDED', 'FAILED', 'TIMED_OUT', 'CANCELLED'))",
-        )
-        .bind(now_ms)
-        .execute(&mut *tx)
+        self.write(|tx| {
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE tasks SET status = 'CANCELLED', ended_ms = ?1,
+                         error = 'cancelled: the execution ended before the task did'
+                     WHERE status IN ('QUEUED', 'LEASED') AND execution_id IN (
+                         SELECT id FROM executions
+                         WHERE status IN ('SUCCEEDED', 'FAILED', 'TIMED_OUT', 'CANCELLED'))",
+                )?
+                .execute([now_ms])?;
+            Ok(changed as u64)
+        })
         .await
-        .map_err(classify)?
-        .rows_affected();
-        tx.commit().await.map_err(classify)?;
-        Ok(changed)
     }
 
     async fn record_process_group(&self, group: &ProcessGroupRecord) -> Result<(), ExecutorError> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO process_groups (pgid, start_time, boot_id, execution_id, node_id,
-                 program, recorded_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (pgid, start_time) DO NOTHING",
-        )
-        .bind(group.pgid)
-        .bind(i64::try_from(group.start_time).unwrap_or(i64::MAX))
-        .bind(&group.boot_id)
-        .bind(&group.execution_id)
-        .bind(&group.node_id)
-        .bind(&group.program)
-        .bind(group.recorded_ms)
-        .execute(&mut *tx)
+        self.write(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO process_groups (pgid, start_time, boot_id, execution_id, node_id,
+                     program, recorded_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (pgid, start_time) DO NOTHING",
+            )?
+            .execute(params![
+                group.pgid,
+                i64::try_from(group.start_time).unwrap_or(i64::MAX),
+                group.boot_id,
+                group.execution_id,
+                group.node_id,
+                group.program,
+                group.recorded_ms,
+            ])?;
+            Ok(())
+        })
         .await
-        .map_err(classify)?;
-        tx.commit().await.map_err(classify)
     }
 
     async fn forget_process_group(&self, pgid: i32, start_time: u64) -> Result<(), ExecutorError> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query("DELETE FROM process_groups WHERE pgid = ?1 AND start_time = ?2")
-            .bind(pgid)
-            .bind(i64::try_from(start_time).unwrap_or(i64::MAX))
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        tx.commit().await.map_err(classify)
+        let start_time = i64::try_from(start_time).unwrap_or(i64::MAX);
+        self.write(|tx| {
+            tx.prepare_cached("DELETE FROM process_groups WHERE pgid = ?1 AND start_time = ?2")?
+                .execute(params![pgid, start_time])?;
+            Ok(())
+        })
+        .await
     }
 
     async fn process_groups(&self) -> Result<Vec<ProcessGroupRecord>, ExecutorError> {
         let sql =
             format!("SELECT {PROCESS_GROUP_COLUMNS} FROM process_groups ORDER BY recorded_ms");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&self.readers)
-            .await
-            .map_err(classify)?;
-        rows.iter().map(process_group_from_row).collect()
+        self.read(|conn| {
+            query_all(conn, &sql, [], |row| {
+                process_group_from_row(&SqliteRow::new(row))
+            })
+        })
+        .await
     }
 }

@@ -13,8 +13,10 @@ pub(crate) mod schedules;
 pub(crate) mod store;
 
 use async_trait::async_trait;
+use std::sync::Arc;
+
+use rusqlite::types::{FromSql, Value};
 use sqlx::postgres::{PgRow, Postgres};
-use sqlx::sqlite::{Sqlite, SqliteRow};
 use sqlx::{Database, Decode, Encode, Type};
 
 use super::StoreError;
@@ -86,25 +88,39 @@ pub(crate) use params;
 
 /// A row read from either database.
 pub enum Row {
-    Sqlite(SqliteRow),
+    Sqlite(LiteRow),
     Postgres(PgRow),
 }
 
+/// A row of SQLite's, its values copied out of the statement.
+pub struct LiteRow {
+    pub(crate) columns: Arc<[String]>,
+    pub(crate) values: Vec<Value>,
+}
+
+/// A column type both databases can decode.
+pub trait Column: FromSql + for<'r> Decode<'r, Postgres> + Type<Postgres> {}
+impl<T: FromSql + for<'r> Decode<'r, Postgres> + Type<Postgres>> Column for T {}
+
 impl Row {
     /// Reads a column, calling a type mismatch corruption rather than a database failure.
-    pub fn get<T>(&self, name: &str) -> Result<T, StoreError>
-    where
-        T: for<'r> Decode<'r, Sqlite>
-            + Type<Sqlite>
-            + for<'r> Decode<'r, Postgres>
-            + Type<Postgres>,
-    {
-        use sqlx::Row as _;
+    pub fn get<T: Column>(&self, name: &str) -> Result<T, StoreError> {
+        let corrupt =
+            |e: &dyn std::fmt::Display| StoreError::Corrupt(format!("column {name}: {e}"));
         match self {
-            Self::Sqlite(row) => row.try_get(name),
-            Self::Postgres(row) => row.try_get(name),
+            Self::Sqlite(row) => {
+                let i = row
+                    .columns
+                    .iter()
+                    .position(|c| c == name)
+                    .ok_or_else(|| corrupt(&"no such column"))?;
+                T::column_result((&row.values[i]).into()).map_err(|e| corrupt(&e))
+            }
+            Self::Postgres(row) => {
+                use sqlx::Row as _;
+                row.try_get(name).map_err(|e| corrupt(&e))
+            }
         }
-        .map_err(|e| StoreError::Corrupt(format!("column {name}: {e}")))
     }
 }
 

@@ -1,11 +1,7 @@
 //! Reading rows of either database back into the model, and the text forms of enums
 //! stored in columns.
 
-use sqlx::postgres::Postgres;
-use sqlx::sqlite::Sqlite;
-use sqlx::{Decode, Type};
-
-use super::Row;
+use super::{Column, Row};
 
 use crate::model::{
     Attempt, CancelMode, MissedRange, Notification, PauseInfo, Run, RunStatus, Schedule,
@@ -134,10 +130,7 @@ fn parse_trigger(s: &str) -> Result<Trigger, StoreError> {
 }
 
 /// Reads a column, calling a type mismatch corruption rather than a database failure.
-pub fn col<T>(row: &Row, name: &str) -> Result<T, StoreError>
-where
-    T: for<'r> Decode<'r, Sqlite> + Type<Sqlite> + for<'r> Decode<'r, Postgres> + Type<Postgres>,
-{
+pub fn col<T: Column>(row: &Row, name: &str) -> Result<T, StoreError> {
     row.get(name)
 }
 

@@ -32,9 +32,12 @@ pub struct SqlStore<B> {
 /// serialization conflict: running it again is the documented remedy.
 pub(crate) fn is_retryable(e: &StoreError) -> bool {
     match e {
-        StoreError::Unavailable(sqlx::Error::Database(db)) => {
-            matches!(db.code().as_deref(), Some("40001" | "40P01"))
-        }
+        StoreError::Unavailable(source) => match source.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::Database(db)) => {
+                matches!(db.code().as_deref(), Some("40001" | "40P01"))
+            }
+            _ => false,
+        },
         _ => false,
     }
 }
