@@ -1,12 +1,15 @@
 //! Appending events and fanning them out. An event is committed to the store before
-//! anyone sees it; watchers always read events from the store (in batches, after their
-//! cursor), and use the in-memory seq signal only to know when to look again — plus a
-//! periodic re-check — so a slow or reconnecting watcher never loses or repeats one. An
-//! execution run by another replica has no signal here: its watchers poll the event
-//! table (`WATCH_POLL`). A runner's writes are fenced by its lease (`write`).
+//! anyone sees it. Each committed event is also kept in its execution's short in-memory
+//! list (`Live::recent`, the last `RECENT` events), then the seq signal moves; a watcher
+//! takes the events that follow its cursor from that list while they are there without a
+//! gap, and reads the store (in batches, after its cursor) otherwise — when it falls
+//! behind, joins late, or on the periodic re-check — so a slow or reconnecting watcher
+//! never loses or repeats one. An execution run by another replica has no signal here:
+//! its watchers poll the event table (`WATCH_POLL`). A runner's writes are fenced by its
+//! lease (`write`).
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use tokio::sync::watch;
 
@@ -26,7 +29,7 @@ impl Engine {
         let at_ms = self.clock.now_ms();
         let event = self.store.append(execution_id, at_ms, transition).await?;
         if let Some(live) = self.live(execution_id) {
-            live.seq.send_replace(event.seq);
+            live.committed(&event);
         }
         tracing::debug!(execution_id, seq = event.seq, "event appended");
         Ok(event)
@@ -51,7 +54,7 @@ impl Engine {
             .await
         {
             Ok(event) => {
-                live.seq.send_replace(event.seq);
+                live.committed(&event);
                 tracing::debug!(execution_id, seq = event.seq, "event appended");
                 Ok(event)
             }
@@ -76,12 +79,16 @@ impl Engine {
         execution_id: String,
         after_seq: u64,
     ) -> EventStream {
-        let signal = self.live(&execution_id).map(|l| l.seq.subscribe());
+        let live = self.live(&execution_id);
+        let signal = live.as_ref().map(|l| l.seq.subscribe());
+        let live = live.as_ref().map(Arc::downgrade);
         let watcher = Watcher {
             engine: Arc::clone(self),
             execution_id,
             cursor: after_seq,
             pending: VecDeque::new(),
+            live,
+            recheck: false,
             signal,
             done: false,
         };
@@ -97,8 +104,13 @@ struct Watcher {
     execution_id: String,
     /// The seq of the last event handed out.
     cursor: u64,
-    /// Events read from the store, not yet handed out.
+    /// Events read, not yet handed out.
     pending: VecDeque<Event>,
+    /// The execution's runner state in this process, while it runs here (weak: the
+    /// runner's end drops it, and the signal with it).
+    live: Option<Weak<Live>>,
+    /// The last wait ended by the periodic re-check, not by a signal.
+    recheck: bool,
     /// Moves when the execution's runner (in this process) commits an event.
     signal: Option<watch::Receiver<u64>>,
     done: bool,
@@ -127,7 +139,17 @@ impl Watcher {
             if let Some(signal) = &mut self.signal {
                 signal.borrow_and_update();
             }
-            match self.read().await {
+            // The periodic re-check asks the store: an event appended through another
+            // replica (a worker's progress) reaches the list only with a later one.
+            let from_memory = if std::mem::take(&mut self.recheck) {
+                None
+            } else {
+                self.take_recent()
+            };
+            if from_memory == Some(true) {
+                continue;
+            }
+            match self.read_unless(from_memory == Some(false)).await {
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(e) => {
@@ -140,6 +162,47 @@ impl Watcher {
             }
             self.wait().await;
         }
+    }
+
+    /// Takes the events after the cursor from the runner's in-memory list: `Some(true)`
+    /// when there were some, `Some(false)` when the list shows nothing after the cursor
+    /// yet, `None` when it cannot tell (no runner here, or the list does not reach back
+    /// to the cursor): then the store answers.
+    fn take_recent(&mut self) -> Option<bool> {
+        let live = self.live.as_ref()?.upgrade()?;
+        let recent = live.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let want = self.cursor + 1;
+        if recent.back().is_some_and(|e| e.is_final() && e.seq < want) {
+            // The execution ended at or before the cursor.
+            self.done = true;
+            return Some(false);
+        }
+        if recent.front()?.seq > want {
+            return None;
+        }
+        let mut next = want;
+        for event in recent.iter().filter(|e| e.seq >= want) {
+            if event.seq != next {
+                break;
+            }
+            self.pending.push_back(event.clone());
+            next += 1;
+        }
+        if next > want {
+            Some(true)
+        } else if recent.back().is_some_and(|e| e.seq < want) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// `read`, unless the runner's list already showed nothing new (`Ok(false)`).
+    async fn read_unless(&mut self, nothing_new: bool) -> Result<bool, ExecutorError> {
+        if nothing_new {
+            return Ok(false);
+        }
+        self.read().await
     }
 
     /// Reads the next batch; `Ok(true)` when there is something to hand out. With
@@ -178,7 +241,7 @@ impl Watcher {
                             self.signal = None;
                         }
                     }
-                    () = tokio::time::sleep(WATCH_RECHECK) => {}
+                    () = tokio::time::sleep(WATCH_RECHECK) => self.recheck = true,
                     () = shutdown.cancelled() => {}
                 }
             }
@@ -190,5 +253,26 @@ impl Watcher {
                 }
             }
         }
+    }
+}
+
+/// How many committed events an execution's runner keeps for local watchers.
+const RECENT: usize = 64;
+
+impl Live {
+    /// Records an event this process committed, then tells the watchers.
+    fn committed(&self, event: &Event) {
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            // Concurrent nodes commit in seq order but may get here in another.
+            let at = recent.partition_point(|e| e.seq < event.seq);
+            if recent.get(at).is_none_or(|e| e.seq != event.seq) {
+                recent.insert(at, event.clone());
+            }
+            while recent.len() > RECENT {
+                recent.pop_front();
+            }
+        }
+        self.seq.send_replace(event.seq);
     }
 }

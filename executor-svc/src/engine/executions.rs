@@ -98,8 +98,12 @@ impl Engine {
                 };
                 match self.store.create_execution(&new).await {
                     Ok(created) => {
-                        tracing::info!(execution_id = %created.id, idempotency_key = %key, "execution started");
-                        self.start_runner(created.id.clone(), created.lease_epoch);
+                        tracing::debug!(execution_id = %created.id, idempotency_key = %key, "execution started");
+                        self.start_runner(
+                            created.id.clone(),
+                            created.lease_epoch,
+                            Some(created.clone()),
+                        );
                         created
                     }
                     // Another request with the same key won the insert: attach to it.
@@ -274,7 +278,15 @@ impl Engine {
     /// that cancels and watchers find it) and spawns its runner, unless one runs already
     /// under that epoch or a newer one. A runner here under an older epoch (its lease
     /// expired and this process adopted the execution again) is stopped first.
-    pub(super) fn start_runner(self: &Arc<Self>, execution_id: String, epoch: u64) {
+    /// Runs the execution under the lease of `epoch`. `fresh` is the record of an
+    /// execution this process has just created (it has no node runs yet): the runner
+    /// starts from it instead of reading both back.
+    pub(super) fn start_runner(
+        self: &Arc<Self>,
+        execution_id: String,
+        epoch: u64,
+        fresh: Option<ExecutionRecord>,
+    ) {
         let lease = Lease {
             owner: self.leasing.replica_id.clone(),
             epoch,
@@ -302,7 +314,7 @@ impl Engine {
                 execution_id,
                 live,
             };
-            runner::run(&engine, &retire.execution_id, &retire.live).await;
+            runner::run(&engine, &retire.execution_id, &retire.live, fresh).await;
         });
     }
 }

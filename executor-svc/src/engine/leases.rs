@@ -61,7 +61,7 @@ impl Engine {
             for record in &adopted {
                 tracing::info!(execution_id = %record.id, last_seq = record.last_seq,
                     epoch = record.lease_epoch, "resuming execution");
-                self.start_runner(record.id.clone(), record.lease_epoch);
+                self.start_runner(record.id.clone(), record.lease_epoch, None);
             }
             total += adopted.len();
             match adopted.last() {
@@ -95,7 +95,7 @@ impl Engine {
         for adopted in self.store.adopt(&adoption).await? {
             tracing::info!(execution_id = %adopted.id, epoch = adopted.lease_epoch,
                 "adopted an execution whose lease had expired, on request");
-            self.start_runner(adopted.id.clone(), adopted.lease_epoch);
+            self.start_runner(adopted.id.clone(), adopted.lease_epoch, None);
         }
         Ok(())
     }
@@ -218,7 +218,7 @@ impl Engine {
             for record in &adopted {
                 tracing::info!(execution_id = %record.id, epoch = record.lease_epoch,
                     last_seq = record.last_seq, "adopted an execution whose lease had expired");
-                self.start_runner(record.id.clone(), record.lease_epoch);
+                self.start_runner(record.id.clone(), record.lease_epoch, None);
             }
             if adopted.len() < ADOPT_BATCH as usize {
                 return;

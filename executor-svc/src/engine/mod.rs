@@ -86,6 +86,9 @@ impl std::fmt::Debug for Engine {
 pub(crate) struct Live {
     lease: Lease,
     seq: watch::Sender<u64>,
+    /// The last events committed here, in seq order: what local watchers read instead
+    /// of the store while they keep up (`events::Watcher`).
+    recent: Mutex<std::collections::VecDeque<crate::model::Event>>,
     /// Graceful or terminate: start nothing new.
     stop_new: CancellationToken,
     /// Terminate: abort the work in flight.
@@ -102,6 +105,7 @@ impl Live {
         Self {
             lease,
             seq: watch::Sender::new(0),
+            recent: Mutex::default(),
             stop_new: CancellationToken::new(),
             abort: CancellationToken::new(),
             lost: CancellationToken::new(),

@@ -21,7 +21,7 @@ use super::node::{NodeEnd, Shared, run_to_end};
 use super::plan::Plan;
 use super::{Engine, Live};
 use crate::error::ExecutorError;
-use crate::model::{ExecutionStatus, NodeStatus, Transition};
+use crate::model::{ExecutionRecord, ExecutionStatus, NodeStatus, Transition};
 use crate::pipeline::graph::{State, Step};
 
 /// Why a runner stopped before the end: the process is shutting down (the execution
@@ -42,12 +42,17 @@ impl From<ExecutorError> for Stop {
 /// store error is logged and the execution is driven again from what the store holds,
 /// after a backoff, exactly as a restart would resume it, so a passing database outage
 /// never leaves it unfinished.
-pub(super) async fn run(engine: &Arc<Engine>, execution_id: &str, live: &Live) {
+pub(super) async fn run(
+    engine: &Arc<Engine>,
+    execution_id: &str,
+    live: &Live,
+    mut fresh: Option<ExecutionRecord>,
+) {
     let mut backoff = Duration::from_millis(200);
     loop {
         // A lease found lost by the heartbeat drops the drive (and the work in flight).
         let outcome = tokio::select! {
-            outcome = drive(engine, execution_id, live) => outcome,
+            outcome = drive(engine, execution_id, live, fresh.take()) => outcome,
             () = live.lost.cancelled() => Err(Stop::Store(ExecutorError::LeaseLost(execution_id.to_owned()))),
         };
         match outcome {
@@ -91,9 +96,20 @@ async fn release(engine: &Engine, execution_id: &str, live: &Live) {
     }
 }
 
-async fn drive(engine: &Arc<Engine>, id: &str, live: &Live) -> Result<(), Stop> {
-    let Some(record) = engine.store.get_execution(id).await? else {
-        return Ok(());
+/// Drives the execution from its committed state: `fresh` when it was just created here
+/// (no node runs yet), or else read back from the store.
+async fn drive(
+    engine: &Arc<Engine>,
+    id: &str,
+    live: &Live,
+    fresh: Option<ExecutionRecord>,
+) -> Result<(), Stop> {
+    let (record, mut runs) = match fresh {
+        Some(record) => (record, Vec::new()),
+        None => match engine.store.get_execution(id).await? {
+            Some(record) => (record, engine.store.node_runs(id).await?),
+            None => return Ok(()),
+        },
     };
     if record.status.is_finished() {
         return Ok(());
@@ -117,7 +133,6 @@ async fn drive(engine: &Arc<Engine>, id: &str, live: &Live) -> Result<(), Stop> 
         (Some(d), Some(t)) => Some(d.min(record.created_ms + t)),
         (d, t) => d.or(t.map(|t| record.created_ms + t)),
     };
-    let mut runs = engine.store.node_runs(id).await?;
     for run in runs.iter_mut().filter(|r| r.status == NodeStatus::Running) {
         // CANCELLED, not FAILED: an interrupted attempt uses no try of the retry policy;
         // the node is attempted again with the same key.
@@ -406,12 +421,22 @@ async fn finish(
             },
         )
         .await?;
-    tracing::info!(
-        execution_id = id,
-        status = status.as_str(),
-        error,
-        "execution finished"
-    );
+    // Every fire ends here: a success is in the store and the event stream, and is
+    // logged only at debug; anything else is worth a line at info.
+    if status == ExecutionStatus::Succeeded {
+        tracing::debug!(
+            execution_id = id,
+            status = status.as_str(),
+            "execution finished"
+        );
+    } else {
+        tracing::info!(
+            execution_id = id,
+            status = status.as_str(),
+            error,
+            "execution finished"
+        );
+    }
     Ok(())
 }
 
