@@ -235,7 +235,7 @@ async fn append_started(
             },
         )
         .await?;
-    tracing::info!(execution_id = %s.record.id, node_id = %node.id, attempt, kind = node.kind, "node started");
+    tracing::debug!(execution_id = %s.record.id, node_id = %node.id, attempt, kind = node.kind, "node started");
     Ok(started.at_ms)
 }
 

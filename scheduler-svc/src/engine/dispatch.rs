@@ -349,7 +349,12 @@ impl Dispatcher {
                     };
                     let committed = writer.commit(update).await;
                     if committed {
-                        tracing::info!(run_id = %job.run_id, attempt = job.attempt, status = ?status, "attempt finished");
+                        // Success is in the ledger; a line per fire only at debug.
+                        if status == RunStatus::Succeeded {
+                            tracing::debug!(run_id = %job.run_id, attempt = job.attempt, "attempt finished");
+                        } else {
+                            tracing::info!(run_id = %job.run_id, attempt = job.attempt, status = ?status, "attempt finished");
+                        }
                     }
                     return Followed::Finished { committed };
                 }
