@@ -24,100 +24,14 @@ import importlib
 import json
 import math
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
-from grpc_tools import protoc
 import grpc
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def generate_stubs(out_dir):
-    os.makedirs(out_dir, exist_ok=True)
-    include = os.path.join(os.path.dirname(protoc.__file__), "_proto")
-    files = [
-        "almanac/executor/v1/action.proto",
-        "almanac/executor/v1/executor.proto",
-        "almanac/scheduler/v1/scheduler.proto",
-    ]
-    code = protoc.main(
-        ["protoc", f"-I{ROOT}/proto", f"-I{include}", f"--python_out={out_dir}",
-         f"--grpc_python_out={out_dir}"] + files
-    )
-    if code != 0:
-        sys.exit(f"protoc failed with {code}")
-    sys.path.insert(0, out_dir)
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def peak_rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return None
-
-
-def start(cmd, log_path, ready_prefix=None, timeout=60):
-    """Starts `cmd`; with `ready_prefix`, waits for its first stdout line and returns
-    (process, that line)."""
-    log = open(log_path, "ab")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log)
-    if ready_prefix is None:
-        return proc, None
-    deadline = time.time() + timeout
-    line = proc.stdout.readline().decode()
-    if not line.startswith(ready_prefix) or time.time() > deadline:
-        stop(proc)
-        sys.exit(f"{cmd[0]} did not start: {line!r} (see {log_path})")
-    return proc, line.strip()
-
-
-def stop(proc, grace=15.0):
-    if proc.poll() is not None:
-        return proc.returncode
-    os.kill(proc.pid, signal.SIGTERM)
-    try:
-        return proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        return proc.wait(timeout=10)
-
-
-def http_get(url, timeout=30):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return r.read()
-
-
-def wait_http(url, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            http_get(url, timeout=2)
-            return
-        except OSError:
-            time.sleep(0.1)
-    sys.exit(f"{url} did not answer within {timeout} s")
-
-
-def sleep_until(t):
-    while True:
-        d = t - time.time()
-        if d <= 0:
-            return
-        time.sleep(min(d, 0.5))
+from harness import (ROOT, cpu_seconds, generate_stubs, http_get, peak_rss_mb, sleep_until,
+                     start, stop, wait_http)
 
 
 def create_schedules(stub, pb, action_pb, duration_pb, n, spread, sink_url):

@@ -70,4 +70,8 @@ done
 # schemas, and every flag and variable they use against the binary's --help.
 echo "==> deploy/ validation"
 ALMANAC_BIN="$root/target/debug/almanac" "$root/scripts/validate-deploy.sh" || status=$?
+
+# The benchmark harness (bench/) at tiny sizes: it still runs, and W1 loses nothing.
+echo "==> bench/ smoke"
+"$root/bench/smoke.sh" "$root/target/debug/almanac" || status=$?
 exit "$status"

@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""W3 (issue 7): recovery after 10 minutes of scheduler downtime.
+
+  1. start the peers' sink, `almanac executor` and `almanac scheduler` (SQLite files in a
+     temporary folder) as processes;
+  2. create N schedules firing every minute (cron `* * * * *`, UTC), default catch-up policy
+     (window 1 minute, misfire RUN_ONCE), action call_api POST to the sink: all through the
+     API with --concurrency calls in flight (--fill api: the create rate is W4's
+     CreateSchedule throughput too), or --api-n through the API and the rest copied from the
+     first one's row in the SQLite file while the scheduler is stopped (--fill copy);
+  3. stop the scheduler (SIGTERM) and move every stored time of its ledger --downtime
+     seconds back (harness.shift_ledger: schedules' next fires, runs, attempts, replica
+     heartbeats). Restarting at once is then what restarting after that downtime would be:
+     every fire in [next fire, restart) was missed, as many as a real outage would miss;
+  4. expected = the missed fires, per schedule #{whole minutes f : next_fire <= f < start};
+     start the scheduler and poll its ledger read-only until the RECOVERY rows explain
+     them all: sum over RECOVERY rows of missed_count (a MISSED range older than the window,
+     or folded SKIPPED) or 1 (a SKIPPED fire coalesced into the recovery run, or the
+     RECOVERY run itself), and until a recovery run's attempt has started;
+  5. report, from the ledger's own timestamps (runs.created_ms, attempts.started_ms) minus
+     the scheduler's spawn time: (a) ledger_complete_s, when the last RECOVERY row was
+     written, and (b) first_dispatch_s, when the executor started the first recovery run.
+
+One JSON line (appended to --out); a human summary on stderr. Every process is started and
+stopped here by PID; all traffic stays on 127.0.0.1; every wait is bounded.
+"""
+import argparse
+import importlib
+import math
+import os
+import sys
+import tempfile
+import time
+
+import grpc
+
+from harness import (ALMANAC, BenchError, call_concurrently, copy_schedules, cpu_seconds, emit,
+                     generate_stubs, peak_rss_mb, read_only, shift_ledger, start,
+                     start_executor, start_scheduler, stop, wait_for, wait_http)
+
+MINUTE_MS = 60_000
+# A minute boundary between the spawn and the scheduler's own boot time would make the
+# expected count ambiguous: the restart waits until none falls within this many seconds.
+BOOT_GUARD_S = 5.0
+
+
+def expected_missed(db, boot_ms):
+    """Fires every schedule missed: whole minutes in [its next fire, boot)."""
+    con = read_only(db)
+    try:
+        rows = con.execute("SELECT next_fire_ms, COUNT(*) FROM schedules "
+                           "WHERE state = 'ACTIVE' GROUP BY next_fire_ms").fetchall()
+    finally:
+        con.close()
+    return sum(n * max(0, math.ceil((boot_ms - nf) / MINUTE_MS)) for nf, n in rows if nf is not None)
+
+
+def ledger_state(db):
+    """What the RECOVERY rows explain so far, and when they were written / started."""
+    con = read_only(db)
+    try:
+        explained, schedules, last_ms, first_ms = con.execute(
+            "SELECT COALESCE(SUM(COALESCE(missed_count, 1)), 0), COUNT(DISTINCT schedule_id), "
+            "MAX(created_ms), MIN(created_ms) FROM runs WHERE trigger = 'RECOVERY'").fetchone()
+        first_start_ms, started = con.execute(
+            "SELECT MIN(a.started_ms), COUNT(a.started_ms) FROM attempts a "
+            "JOIN runs r ON r.id = a.run_id WHERE r.trigger = 'RECOVERY'").fetchone()
+        by_status = dict(con.execute(
+            "SELECT status, COUNT(*) FROM runs WHERE trigger = 'RECOVERY' GROUP BY status"))
+    finally:
+        con.close()
+    return {"explained": explained, "schedules": schedules, "last_row_ms": last_ms,
+            "first_row_ms": first_ms, "first_start_ms": first_start_ms, "started": started,
+            "rows_by_status": by_status}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--downtime", type=int, default=600, help="simulated downtime, seconds")
+    ap.add_argument("--fill", choices=["api", "copy"], default="api")
+    ap.add_argument("--api-n", type=int, default=100, help="--fill copy: schedules made through the API")
+    ap.add_argument("--concurrency", type=int, default=64, help="CreateSchedule calls in flight")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds allowed to the recovery")
+    ap.add_argument("--port", type=int, default=18091)
+    ap.add_argument("--almanac", default=ALMANAC)
+    ap.add_argument("--sink", default=os.environ.get("SINK_BIN", "/tmp/peers-target/release/sink"))
+    ap.add_argument("--smoke", action="store_true", help="N=500, 30 s timeout: proves the harness")
+    ap.add_argument("--label", default=None)
+    ap.add_argument("--out", default=None, help="append the JSON line to this file")
+    a = ap.parse_args()
+    if a.smoke:
+        a.n, a.timeout = 500, 30
+    if a.downtime % 60:
+        sys.exit("--downtime must be whole minutes (the fires are on whole minutes)")
+    api_n = a.n if a.fill == "api" else min(a.n, max(1, a.api_n))
+
+    work = tempfile.mkdtemp(prefix="almanac-w3-")
+    generate_stubs(os.path.join(work, "stubs"))
+    pb = importlib.import_module("almanac.scheduler.v1.scheduler_pb2")
+    rpc = importlib.import_module("almanac.scheduler.v1.scheduler_pb2_grpc")
+    action_pb = importlib.import_module("almanac.executor.v1.action_pb2")
+    db = os.path.join(work, "scheduler.db")
+
+    sink, _ = start([a.sink, "--port", str(a.port), "--schedule-header", "X-Almanac-Schedule-Id",
+                     "--nominal-header", "X-Almanac-Nominal-Time"], os.path.join(work, "sink.log"))
+    procs = [sink]
+    try:
+        wait_http(f"http://127.0.0.1:{a.port}/health")
+        executor, executor_url = start_executor(a.almanac, work)
+        procs.append(executor)
+        scheduler, addr = start_scheduler(a.almanac, work, executor_url)
+        procs.append(scheduler)
+        stub = rpc.SchedulerServiceStub(grpc.insecure_channel(addr))
+        action = action_pb.Action(call_api=action_pb.CallApiAction(
+            method="POST", url=f"http://127.0.0.1:{a.port}/fire"))
+        spec = pb.ScheduleSpec(cron=pb.CronSpec(expression="* * * * *"))
+
+        def create(i):
+            return stub.CreateSchedule.future(pb.CreateScheduleRequest(
+                schedule_id=f"w3-{i:06d}", schedule=pb.Schedule(spec=spec, action=action)), timeout=60)
+
+        create_s = call_concurrently(create, api_n, a.concurrency)
+        stopped = time.time()
+        code = stop(scheduler, grace=60)
+        stop_s = time.time() - stopped
+        procs.remove(scheduler)
+        if code != 0:
+            raise BenchError(f"the scheduler exited with {code} on SIGTERM (see {work}/scheduler.log)")
+        copied = copy_schedules(db, "w3-000000", api_n, a.n - 1, "w3-%06d") if a.n > api_n else 0
+        if copied != a.n - api_n:
+            raise BenchError(f"copied {copied} schedules, expected {a.n - api_n}")
+        shift_ledger(db, a.downtime * 1000)
+
+        # Restart away from a minute boundary (see BOOT_GUARD_S), then count what was missed.
+        to_boundary = MINUTE_MS - (time.time() * 1000) % MINUTE_MS
+        if to_boundary < BOOT_GUARD_S * 1000:
+            time.sleep(to_boundary / 1000 + 0.2)
+        spawn_ms = int(time.time() * 1000)
+        expected = expected_missed(db, spawn_ms)
+        if expected != expected_missed(db, spawn_ms + int(BOOT_GUARD_S * 1000)):
+            raise BenchError("a minute boundary fell within the restart guard")
+        scheduler, addr = start_scheduler(a.almanac, work, executor_url, timeout=a.timeout)
+        listening_s = time.time() - spawn_ms / 1000
+        procs.append(scheduler)
+        cpu0 = cpu_seconds(scheduler.pid)
+        state = wait_for(
+            "the ledger explaining every missed fire and a recovery run started",
+            lambda: (lambda s: s if s["explained"] >= expected and s["first_start_ms"] else None)(
+                ledger_state(db)),
+            a.timeout, every=0.5)
+        observed_s = time.time() - spawn_ms / 1000
+        cpu = cpu_seconds(scheduler.pid) - cpu0
+        rss = peak_rss_mb(scheduler.pid)
+    finally:
+        for p in reversed(procs):
+            stop(p)
+
+    row = {
+        "system": "almanac", "workload": "w3", "label": a.label or f"almanac-w3-{a.n}",
+        "backend": "sqlite", "n": a.n, "spec": "cron * * * * *", "misfire": "RUN_ONCE (default)",
+        "catchup_window_s": 60, "downtime_s": a.downtime,
+        "downtime_method": "ledger times shifted back while stopped (harness.shift_ledger)",
+        "fill": a.fill, "created_via_api": api_n, "copied_in_sqlite": copied,
+        "create_s": round(create_s, 2), "create_per_s": round(api_n / create_s, 1),
+        "create_concurrency": a.concurrency, "stop_s": round(stop_s, 2),
+        "missed_expected": expected, "missed_explained": state["explained"],
+        "schedules_with_recovery_rows": state["schedules"],
+        "recovery_rows_by_status": state["rows_by_status"],
+        "listening_s": round(listening_s, 3),
+        "ledger_complete_s": round((state["last_row_ms"] - spawn_ms) / 1000, 3),
+        "first_recovery_row_s": round((state["first_row_ms"] - spawn_ms) / 1000, 3),
+        "first_dispatch_s": round((state["first_start_ms"] - spawn_ms) / 1000, 3),
+        "recovery_runs_started_by_then": state["started"],
+        "observed_s": round(observed_s, 2),
+        "scheduler_cpu_s": round(cpu, 2), "scheduler_peak_rss_mb": rss,
+    }
+    emit(row, a.out)
+    print(f"# {row['label']}: {expected} missed fires of {a.n} schedules explained by the ledger "
+          f"{row['ledger_complete_s']} s after the spawn (first recovery row at "
+          f"{row['first_recovery_row_s']} s), first recovery run started at "
+          f"{row['first_dispatch_s']} s; created {row['create_per_s']}/s through the API", file=sys.stderr)
+    if state["explained"] != expected or state["schedules"] != a.n:
+        raise BenchError(f"the ledger explains {state['explained']} missed fires over "
+                         f"{state['schedules']} schedules; expected {expected} over {a.n}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (BenchError, grpc.RpcError) as e:
+        sys.exit(f"w3 failed: {e}")
