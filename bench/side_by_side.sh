@@ -27,6 +27,7 @@ PEERS="${PEERS:-1}"
 WARMUP="${WARMUP:-5}" DURATION="${DURATION:-30}" DRAIN="${DRAIN:-5}"
 
 mkdir -p "$RESULTS_DIR"
+RESULTS_DIR="$(cd "$RESULTS_DIR" && pwd)"   # the peers run from their own folder
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 OUT="$RESULTS_DIR/w1-$STAMP.jsonl"
 [ -x "$ROOT/target/release/almanac" ] || { echo "build first: cargo build --release" >&2; exit 1; }

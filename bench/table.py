@@ -8,7 +8,8 @@ Columns: delivered = unique (schedule, nominal) fires / expected; lateness = rec
 nominal time at the sink; CPU per fire = CPU seconds of the scheduler's processes in the
 window / fires delivered (Almanac: both services; a peer: its one process); peak RSS
 (Almanac: executor + scheduler). Ratios compare Almanac with the best peer at the same N and
-mode that delivered every fire ("best" = lowest p99); "-" when no peer delivered every fire.
+mode that delivered every fire ("best" = lowest p99), for an Almanac row that delivered
+every fire too.
 When a configuration ran more than once, each run is a row.
 """
 import json
@@ -33,7 +34,7 @@ def norm(r):
             "p50": lat.get("p50"),
             "p99": lat.get("p99"),
             "max": lat.get("max"),
-            "cpu_us": r.get("cpu_us_per_fire"),
+            "cpu_us": r.get("cpu_us_per_fire") if rep.get("unique") else None,
             "rss": sum(v for v in rss.values() if v) if rss else None,
             "memory": "durable (SQLite)" if r.get("backend", "sqlite") == "sqlite" else "durable (PostgreSQL)",
         }
@@ -87,7 +88,7 @@ def main(paths):
             best = min(complete, key=lambda r: r["p99"], default=None)
             for r in at_n:
                 pct = 100.0 * r["unique"] / r["expected"] if r["expected"] else 0.0
-                if r["almanac"] and best:
+                if r["almanac"] and best and r["expected"] and r["unique"] >= r["expected"]:
                     # How many times lower Almanac's p99 is, and how its CPU compares.
                     p99_ratio = ratio(best["p99"], r["p99"]) + f" ({best['who']})"
                     cpu_ratio = ratio(r["cpu_us"], best["cpu_us"])

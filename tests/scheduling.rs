@@ -220,6 +220,27 @@ async fn runs_of(
     all_runs(client, id).await
 }
 
+/// The schedule, once the timer has claimed every fire due at `now` (its next fire is
+/// later, or it has none).
+async fn caught_up(
+    client: &mut pb::scheduler_service_client::SchedulerServiceClient<tonic::transport::Channel>,
+    id: &str,
+    now: i64,
+) -> Option<pb::Schedule> {
+    let s = client
+        .get_schedule(pb::GetScheduleRequest {
+            schedule_id: id.to_string(),
+        })
+        .await
+        .ok()?
+        .into_inner()
+        .schedule?;
+    s.next_fire_time
+        .as_ref()
+        .is_none_or(|t| timestamp_to_ms(t) > now)
+        .then_some(s)
+}
+
 /// Moves the clock one second at a time until `id` has `n` runs (so the timer sees every
 /// second, as it would in real time).
 async fn advance_until_runs(
@@ -235,17 +256,7 @@ async fn advance_until_runs(
             let now = clock.now_ms();
             async move {
                 let runs = all_runs(&mut client, &id).await;
-                let s = client
-                    .get_schedule(pb::GetScheduleRequest { schedule_id: id })
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .schedule?;
-                let caught_up = s
-                    .next_fire_time
-                    .as_ref()
-                    .is_none_or(|t| timestamp_to_ms(t) > now);
-                caught_up.then_some(runs)
+                caught_up(&mut client, &id, now).await.map(|_| runs)
             }
         })
         .await;
@@ -349,21 +360,7 @@ async fn reaching_max_runs_completes_the_schedule() {
         let s = eventually(Duration::from_secs(5), "the timer to catch up", || {
             let mut client = client.clone();
             let now = clock.now_ms();
-            async move {
-                let s = client
-                    .get_schedule(pb::GetScheduleRequest {
-                        schedule_id: "twice".into(),
-                    })
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .schedule?;
-                let caught_up = s
-                    .next_fire_time
-                    .as_ref()
-                    .is_none_or(|t| timestamp_to_ms(t) > now);
-                caught_up.then_some(s)
-            }
+            async move { caught_up(&mut client, "twice", now).await }
         })
         .await;
         if s.state == pb::ScheduleState::Completed as i32 {
