@@ -408,6 +408,24 @@ async fn fires_missed_while_down_follow_the_default_catch_up() {
         .await
         .expect("create");
     advance_until_runs(&clock, &mut client, "c", 3).await;
+    // Stopped with nothing in flight: a run the stop left RUNNING would be in flight at
+    // the restart's first claim, and the recovery run would be skipped behind it (the
+    // overlap policy at work, not the catch-up this test is about).
+    eventually(Duration::from_secs(10), "the runs to finish", || {
+        let mut client = client.clone();
+        async move {
+            let runs = all_runs(&mut client, "c").await;
+            runs.iter()
+                .all(|r| {
+                    !matches!(
+                        status_of(r),
+                        pb::RunStatus::Pending | pb::RunStatus::Running | pb::RunStatus::Buffered
+                    )
+                })
+                .then_some(())
+        }
+    })
+    .await;
     let last_before = runs_of(&mut client, "c")
         .await
         .iter()
