@@ -149,7 +149,12 @@ impl Watcher {
             if from_memory == Some(true) {
                 continue;
             }
-            match self.read_unless(from_memory == Some(false)).await {
+            let read = if from_memory == Some(false) {
+                Ok(false)
+            } else {
+                self.read().await
+            };
+            match read {
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(e) => {
@@ -195,14 +200,6 @@ impl Watcher {
         } else {
             None
         }
-    }
-
-    /// `read`, unless the runner's list already showed nothing new (`Ok(false)`).
-    async fn read_unless(&mut self, nothing_new: bool) -> Result<bool, ExecutorError> {
-        if nothing_new {
-            return Ok(false);
-        }
-        self.read().await
     }
 
     /// Reads the next batch; `Ok(true)` when there is something to hand out. With

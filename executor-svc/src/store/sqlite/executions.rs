@@ -51,8 +51,7 @@ impl SqliteStore {
                     return Err(ExecutorError::NotFound(format!("execution {id}")));
                 };
                 if let Some(lease) = &lease
-                    && (current.owner.as_deref() != Some(lease.owner.as_str())
-                        || current.lease_epoch != lease.epoch)
+                    && !lease.is(current.owner.as_deref(), current.lease_epoch)
                 {
                     return Err(ExecutorError::LeaseLost(id));
                 }
