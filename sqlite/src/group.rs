@@ -29,8 +29,6 @@ const MAX_BATCH: usize = 512;
 type Job = Box<dyn FnOnce(&Transaction<'_>) -> Completion + Send>;
 type Completion = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
 
-pub(crate) type SharedQueue = Arc<Queue>;
-
 /// The queue of work waiting for a leader.
 #[derive(Default)]
 pub(crate) struct Queue(StdMutex<Vec<Job>>);
@@ -86,6 +84,9 @@ impl Db {
     /// empty (then this caller's own work is committed too).
     async fn lead(&self) {
         let mut conn = self.writer.lock().await;
+        // Let the tasks ready to run on this worker queue their work first: the
+        // transaction runs in place, so nothing else queues while it does.
+        tokio::task::yield_now().await;
         loop {
             let batch: Vec<Job> = {
                 let mut queue = lock(&self.queue.0);
@@ -147,6 +148,8 @@ fn replicate(e: &rusqlite::Error) -> rusqlite::Error {
         ),
     }
 }
+
+pub(crate) type SharedQueue = Arc<Queue>;
 
 #[cfg(test)]
 mod tests {

@@ -149,12 +149,7 @@ impl Watcher {
             if from_memory == Some(true) {
                 continue;
             }
-            let read = if from_memory == Some(false) {
-                Ok(false)
-            } else {
-                self.read().await
-            };
-            match read {
+            match self.read_unless(from_memory == Some(false)).await {
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(e) => {
@@ -200,6 +195,14 @@ impl Watcher {
         } else {
             None
         }
+    }
+
+    /// `read`, unless the runner's list already showed nothing new (`Ok(false)`).
+    async fn read_unless(&mut self, nothing_new: bool) -> Result<bool, ExecutorError> {
+        if nothing_new {
+            return Ok(false);
+        }
+        self.read().await
     }
 
     /// Reads the next batch; `Ok(true)` when there is something to hand out. With

@@ -22,12 +22,7 @@ pub struct Lease {
 impl Lease {
     /// Whether `record` is still held under this lease (same owner, same epoch).
     pub fn holds(&self, record: &ExecutionRecord) -> bool {
-        self.is(record.owner.as_deref(), record.lease_epoch)
-    }
-
-    /// Whether an execution stored with `owner` and `epoch` is held under this lease.
-    pub fn is(&self, owner: Option<&str>, epoch: u64) -> bool {
-        owner == Some(self.owner.as_str()) && epoch == self.epoch
+        record.owner.as_deref() == Some(self.owner.as_str()) && record.lease_epoch == self.epoch
     }
 }
 

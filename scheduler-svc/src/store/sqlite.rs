@@ -56,7 +56,7 @@ impl SqlStore<SqliteDb> {
 impl Backend for SqliteDb {
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
         let tx = self.db.begin().await.map_err(classify)?;
-        Ok(Box::new(Writer(tx)))
+        Ok(Box::new(Writer(Some(tx))))
     }
 
     async fn reader(&self) -> Result<Box<dyn Handle>, StoreError> {
@@ -64,10 +64,18 @@ impl Backend for SqliteDb {
     }
 }
 
-/// The writer, inside a transaction.
-struct Writer(almanac_sqlite::WriteTx);
+/// The writer, inside a transaction (taken by `commit`).
+struct Writer(Option<almanac_sqlite::WriteTx>);
 /// A reader connection.
 struct Reader(almanac_sqlite::ReadConn);
+
+impl Writer {
+    fn connection(&self) -> Result<&Connection, StoreError> {
+        self.0
+            .as_deref()
+            .ok_or_else(|| StoreError::Corrupt("the transaction is already committed".into()))
+    }
+}
 
 #[async_trait]
 impl Conn for Writer {
@@ -75,17 +83,17 @@ impl Conn for Writer {
         Dialect::Sqlite
     }
     async fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, StoreError> {
-        execute(&self.0, sql, params)
+        execute(self.connection()?, sql, params)
     }
     async fn fetch_all(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, StoreError> {
-        fetch(&self.0, sql, params, usize::MAX)
+        fetch(self.connection()?, sql, params, usize::MAX)
     }
     async fn fetch_optional(
         &mut self,
         sql: &str,
         params: &[Param<'_>],
     ) -> Result<Option<Row>, StoreError> {
-        Ok(fetch(&self.0, sql, params, 1)?.pop())
+        Ok(fetch(self.connection()?, sql, params, 1)?.pop())
     }
 }
 
@@ -123,8 +131,11 @@ impl Handle for Reader {
 
 #[async_trait]
 impl Tx for Writer {
-    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
-        self.0.commit().map_err(classify)
+    async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        match self.0.take() {
+            Some(tx) => tx.commit().map_err(classify),
+            None => Ok(()),
+        }
     }
 }
 

@@ -51,7 +51,8 @@ impl SqliteStore {
                     return Err(ExecutorError::NotFound(format!("execution {id}")));
                 };
                 if let Some(lease) = &lease
-                    && !lease.is(current.owner.as_deref(), current.lease_epoch)
+                    && (current.owner.as_deref() != Some(lease.owner.as_str())
+                        || current.lease_epoch != lease.epoch)
                 {
                     return Err(ExecutorError::LeaseLost(id));
                 }
