@@ -187,3 +187,60 @@ async fn a_deadline_that_passed_while_down_times_out_on_restart() {
     assert_eq!(target.requests().len(), 1, "no new call after the deadline");
     executor.stop().await;
 }
+
+/// The state a client hanging up at the wrong moment used to leave: an execution stored
+/// under this executor's own lease, with no runner (the request was dropped between the
+/// commit and the runner's start). The scheduler then re-attaches with the same key; the
+/// execution must run and finish, not stream nothing forever.
+#[tokio::test]
+async fn an_execution_stored_without_a_runner_runs_when_its_key_is_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("executor.db");
+    let target = Target::start().await;
+    let mut config = almanac_executor::config::Config::new(&db);
+    config.replica_id = "solo".into();
+    let executor = Executor::start_with(config).await;
+    let mut client = executor.client().await;
+    client
+        .get_execution(GetExecutionRequest {
+            idempotency_key: "nobody".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("serving (and migrated) before the store is opened beside it");
+
+    let request = execute_request("orphan/1", call(&target.url("/ok")));
+    let start = almanac_executor::engine::StartRequest {
+        idempotency_key: request.idempotency_key.clone(),
+        action: request.action.clone().unwrap(),
+        deadline_ms: None,
+        origin: None,
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    let store = open_store(&db).await;
+    store
+        .create_execution(&almanac_executor::model::NewExecution {
+            id: uuid::Uuid::now_v7().to_string(),
+            idempotency_key: start.idempotency_key.clone(),
+            fingerprint: almanac_executor::engine::fingerprint(&start),
+            action: start.action.clone(),
+            origin: None,
+            deadline_ms: None,
+            created_ms: now,
+            pipeline: None,
+            owner: "solo".into(),
+            lease_until_ms: now + 600_000,
+        })
+        .await
+        .unwrap();
+
+    let stream = client.execute(request).await.unwrap().into_inner();
+    let events = collect(stream).await;
+    assert_eq!(
+        finished(&events).status,
+        ExecutionStatus::Succeeded as i32,
+        "{events:?}"
+    );
+    assert_eq!(target.requests().len(), 1, "the action ran once");
+    executor.stop().await;
+}

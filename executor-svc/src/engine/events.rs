@@ -226,7 +226,23 @@ impl Watcher {
                 self.done = true;
                 Ok(false)
             }
-            Some(_) => Ok(false),
+            Some(r) => {
+                if self.signal.is_none() {
+                    // Nobody runs it here: if nobody runs it anywhere (its runner's start
+                    // was lost), this watcher has it adopted rather than wait forever.
+                    self.engine.adopt_if_orphaned(&r).await?;
+                    self.follow_runner();
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// Follows the execution's runner in this process, if one has started since.
+    fn follow_runner(&mut self) {
+        if let Some(live) = self.engine.live(&self.execution_id) {
+            self.signal = Some(live.seq.subscribe());
+            self.live = Some(Arc::downgrade(&live));
         }
     }
 

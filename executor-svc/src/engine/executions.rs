@@ -96,24 +96,7 @@ impl Engine {
                     owner: self.leasing.replica_id.clone(),
                     lease_until_ms: self.lease_until(),
                 };
-                match self.store.create_execution(&new).await {
-                    Ok(created) => {
-                        tracing::debug!(execution_id = %created.id, idempotency_key = %key, "execution started");
-                        self.start_runner(
-                            created.id.clone(),
-                            created.lease_epoch,
-                            Some(created.clone()),
-                        );
-                        created
-                    }
-                    // Another request with the same key won the insert: attach to it.
-                    Err(ExecutorError::AlreadyExists(_)) => {
-                        self.store.find_by_key(key).await?.ok_or_else(|| {
-                            ExecutorError::Corrupt(format!("key {key:?} taken but not found"))
-                        })?
-                    }
-                    Err(e) => return Err(e),
-                }
+                self.create(new).await?
             }
         };
         if record.fingerprint != fingerprint {
@@ -124,6 +107,37 @@ impl Engine {
         }
         self.adopt_if_orphaned(&record).await?;
         Ok(self.event_stream(record.id, after_seq))
+    }
+
+    /// Stores a new execution and starts its runner, as one step no caller can cut in two:
+    /// a client that hangs up drops its request's future (tonic cancels the handler), and
+    /// dropped between the commit and the runner's start the execution would stay RUNNING
+    /// with nobody running it. The step runs as a task of its own; the caller waits for it.
+    /// Another request that won the insert of the same key is attached to instead.
+    async fn create(self: &Arc<Self>, new: NewExecution) -> Result<ExecutionRecord, ExecutorError> {
+        let engine = Arc::clone(self);
+        let key = new.idempotency_key.clone();
+        let creating = Creating::new(self, &new.id);
+        let step = self.tasks.spawn(async move {
+            let _creating = creating;
+            let created = engine.store.create_execution(&new).await?;
+            tracing::debug!(execution_id = %created.id, idempotency_key = %new.idempotency_key, "execution started");
+            engine.start_runner(created.id.clone(), created.lease_epoch, Some(created.clone()));
+            Ok::<_, ExecutorError>(created)
+        });
+        let created = match step.await {
+            Ok(created) => created,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => return Err(ExecutorError::ShuttingDown),
+        };
+        match created {
+            Err(ExecutorError::AlreadyExists(_)) => {
+                self.store.find_by_key(&key).await?.ok_or_else(|| {
+                    ExecutorError::Corrupt(format!("key {key:?} taken but not found"))
+                })
+            }
+            other => other,
+        }
     }
 
     /// Whether this executor can run `action`: well formed, templates that parse and use
@@ -316,6 +330,36 @@ impl Engine {
             };
             runner::run(&engine, &retire.execution_id, &retire.live, fresh).await;
         });
+    }
+}
+
+/// Marks an execution as being stored and started by this process while it lives.
+struct Creating {
+    engine: Arc<Engine>,
+    id: String,
+}
+
+impl Creating {
+    fn new(engine: &Arc<Engine>, id: &str) -> Self {
+        engine
+            .creating
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(id.to_string());
+        Self {
+            engine: Arc::clone(engine),
+            id: id.to_string(),
+        }
+    }
+}
+
+impl Drop for Creating {
+    fn drop(&mut self) {
+        self.engine
+            .creating
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&self.id);
     }
 }
 

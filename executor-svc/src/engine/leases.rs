@@ -74,27 +74,38 @@ impl Engine {
         Ok(total)
     }
 
-    /// Adopts `record` on the spot when nobody holds it any more (an `Execute` or `Watch`
-    /// of an execution whose runner died), so that it does not wait for the next sweep.
+    /// Adopts `record` on the spot when nobody runs it any more (an `Execute` or `Watch`
+    /// of an execution whose runner died), so that it does not wait for the next sweep —
+    /// on SQLite, where there is no sweep, so that it runs at all. Nobody runs it when no
+    /// runner here has it and its lease is expired, or is this process's own (a replica
+    /// id is one process), or the database is this process's alone (SQLite).
     pub(super) async fn adopt_if_orphaned(
         self: &Arc<Self>,
         record: &ExecutionRecord,
     ) -> Result<(), ExecutorError> {
-        let orphaned = self.leasing.shared_database
-            && !record.status.is_finished()
+        let mine = record.owner.as_deref() == Some(self.leasing.replica_id.as_str());
+        let orphaned = !record.status.is_finished()
             && !self.shutdown.is_cancelled()
             && self.live(&record.id).is_none()
-            && record
-                .lease_until_ms
-                .is_none_or(|until| until <= self.clock.now_ms());
+            && !self.is_creating(&record.id)
+            && (!self.leasing.shared_database
+                || mine
+                || record
+                    .lease_until_ms
+                    .is_none_or(|until| until <= self.clock.now_ms()));
         if !orphaned {
             return Ok(());
         }
-        let mut adoption = self.adoption(AdoptScope::Expired);
+        let scope = if self.leasing.shared_database {
+            AdoptScope::ExpiredOrMine
+        } else {
+            AdoptScope::All
+        };
+        let mut adoption = self.adoption(scope);
         adoption.only = Some(record.id.clone());
         for adopted in self.store.adopt(&adoption).await? {
             tracing::info!(execution_id = %adopted.id, epoch = adopted.lease_epoch,
-                "adopted an execution whose lease had expired, on request");
+                "adopted an execution nobody was running, on request");
             self.start_runner(adopted.id.clone(), adopted.lease_epoch, None);
         }
         Ok(())

@@ -48,6 +48,9 @@ pub struct Engine {
     permits: Arc<Semaphore>,
     /// The executions this process is running, by id.
     live: Mutex<HashMap<String, Arc<Live>>>,
+    /// Executions this process is storing and has not started yet: not orphans, though
+    /// no runner has them (an attach in that moment must not adopt them).
+    creating: Mutex<std::collections::HashSet<String>>,
     /// Owns every runner task; shutdown waits for it with a deadline.
     tasks: TaskTracker,
     /// Fires when the process is shutting down: no new work, streams end, runners stop.
@@ -132,6 +135,7 @@ impl Engine {
             registry,
             permits: Arc::new(Semaphore::new(max_concurrent_executions.max(1))),
             live: Mutex::new(HashMap::new()),
+            creating: Mutex::new(std::collections::HashSet::new()),
             tasks: TaskTracker::new(),
             shutdown,
             leasing,
@@ -158,6 +162,14 @@ impl Engine {
 
     fn live(&self, id: &str) -> Option<Arc<Live>> {
         self.live_map().get(id).cloned()
+    }
+
+    /// Whether this process is storing the execution `id` and has not started it yet.
+    fn is_creating(&self, id: &str) -> bool {
+        self.creating
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(id)
     }
 
     fn live_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Live>>> {
