@@ -190,7 +190,7 @@ async fn three_replicas_starting_at_once_apply_the_migrations_once() {
         .collect();
     assert_eq!(
         history,
-        [(1, 1, true), (2, 1, true)],
+        [(1, 1, true), (2, 1, true), (3, 1, true)],
         "each migration applied once"
     );
 }

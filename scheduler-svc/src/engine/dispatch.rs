@@ -6,13 +6,19 @@
 //! the lease first, a heartbeat renews every lease this process holds, and the updates
 //! it writes carry the lease's epoch, so a task whose run was adopted by another replica
 //! writes nothing and stops.
+//!
+//! Memory is bounded under overload: at most `max_tasks` runs have a task here. A run
+//! beyond that stays PENDING in the ledger — durable, counted by overlap policies — and
+//! the dispatcher is then in *backlog*: fresh runs queue in the ledger too, and the
+//! recovery sweep admits the oldest as tasks end, so the backlog drains oldest first.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -30,6 +36,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub struct Limits {
     /// At most this many attempts are sent (streams open) at once.
     pub max_in_flight: usize,
+    /// At most this many runs have a dispatch task (sending, following, waiting to send
+    /// or to retry); more wait PENDING in the ledger for the backlog sweep.
+    pub max_tasks: usize,
     /// The owner name of this process's leases.
     pub owner: String,
     /// How long a lease lasts without a heartbeat.
@@ -46,6 +55,13 @@ pub struct Dispatcher {
     /// Runs with a dispatch task: filled before the task is spawned. A cache that
     /// avoids duplicate tasks in this process, never the judge of overlap.
     registry: Mutex<HashSet<String>>,
+    max_tasks: usize,
+    /// Runs wait in the ledger: fresh ones are not admitted ahead of them.
+    backlog: AtomicBool,
+    /// Wakes the sweep when a backlog has room to drain into.
+    room: Notify,
+    /// The dispatcher was full since its backlog last drained (logged once per episode).
+    overloaded: AtomicBool,
     permits: Arc<Semaphore>,
     tracker: TaskTracker,
     state: Mutex<Option<Running>>,
@@ -73,6 +89,10 @@ impl Dispatcher {
             clock,
             client,
             registry: Mutex::new(HashSet::new()),
+            max_tasks: limits.max_tasks.max(1),
+            backlog: AtomicBool::new(false),
+            room: Notify::new(),
+            overloaded: AtomicBool::new(false),
             permits: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
             tracker: TaskTracker::new(),
             state: Mutex::new(None),
@@ -116,24 +136,94 @@ impl Dispatcher {
             .contains(run_id)
     }
 
-    /// Dispatches a run's current attempt unless this process already is.
+    /// Dispatches a fresh run's current attempt, unless this process already is or the
+    /// dispatcher is in backlog (the run then waits in the ledger for the sweep).
     pub fn dispatch(self: &Arc<Self>, run_id: String) {
+        self.admit(run_id, false);
+    }
+
+    /// Dispatches a run the sweep found in the ledger with no task here, oldest first;
+    /// `false` when the dispatcher is full (the run stays for a later sweep).
+    pub fn resume(self: &Arc<Self>, run_id: String) -> bool {
+        self.admit(run_id, true)
+    }
+
+    /// Whether runs wait in the ledger for room, since the sweep last looked.
+    pub fn in_backlog(&self) -> bool {
+        self.backlog.load(Ordering::Acquire)
+    }
+
+    /// Marks the backlog drained (the sweep is about to read all that waits) and says
+    /// whether there was one. A run refused meanwhile marks it again.
+    pub fn take_backlog(&self) -> bool {
+        self.backlog.swap(false, Ordering::AcqRel)
+    }
+
+    /// Marks that runs still wait in the ledger (the sweep could not admit them all).
+    pub fn keep_backlog(&self) {
+        self.backlog.store(true, Ordering::Release);
+    }
+
+    /// Marks the backlog drained for good (the sweep admitted all that waited).
+    pub fn drained(&self) {
+        if self.overloaded.swap(false, Ordering::AcqRel) {
+            tracing::info!("dispatcher backlog drained");
+        }
+    }
+
+    /// The most runs with a task here.
+    pub fn max_tasks(&self) -> usize {
+        self.max_tasks
+    }
+
+    /// Resolves when a backlog may drain: tasks ended, or a run was refused while few run.
+    pub async fn room(&self) {
+        self.room.notified().await;
+    }
+
+    /// How many runs have a dispatch task here.
+    pub fn tasks(&self) -> usize {
+        self.registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    fn admit(self: &Arc<Self>, run_id: String, from_ledger: bool) -> bool {
         let (cancel, writer) = {
             let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let Some(running) = state.as_ref() else {
                 tracing::warn!(run_id = %run_id, "dispatcher not started; recovery will dispatch the run");
-                return;
+                return false;
             };
             (running.cancel.clone(), running.writer.clone())
         };
-        if cancel.is_cancelled()
-            || !self
-                .registry
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(run_id.clone())
+        if cancel.is_cancelled() {
+            return false;
+        }
         {
-            return;
+            let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+            if registry.contains(&run_id) {
+                return true;
+            }
+            let full = registry.len() >= self.max_tasks;
+            if full || (!from_ledger && self.in_backlog()) {
+                let few = registry.len() <= self.max_tasks / 2;
+                drop(registry);
+                self.backlog.store(true, Ordering::Release);
+                if full && !self.overloaded.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(
+                        run_id = %run_id,
+                        tasks = self.max_tasks,
+                        "dispatcher full: runs wait PENDING in the ledger and go out oldest first"
+                    );
+                }
+                if few {
+                    self.room.notify_one();
+                }
+                return false;
+            }
+            registry.insert(run_id.clone());
         }
         let this = self.clone();
         self.tracker.spawn(async move {
@@ -141,11 +231,16 @@ impl Dispatcher {
                 () = this.drive(&run_id, &writer) => {}
                 () = cancel.cancelled() => {}
             }
-            this.registry
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&run_id);
+            let left = {
+                let mut registry = this.registry.lock().unwrap_or_else(|e| e.into_inner());
+                registry.remove(&run_id);
+                registry.len()
+            };
+            if left <= this.max_tasks / 2 && this.in_backlog() {
+                this.room.notify_one();
+            }
         });
+        true
     }
 
     /// Waits until every dispatch task has stopped, then lets the ledger writer flush,

@@ -38,6 +38,10 @@ pub struct EngineConfig {
     pub claim_batch: usize,
     /// At most this many attempts are dispatched (streams open) at once.
     pub max_in_flight_dispatches: usize,
+    /// At most this many runs are held by dispatch tasks in memory; beyond it runs wait
+    /// PENDING in the ledger and are dispatched oldest first as tasks end (back-pressure:
+    /// an overloaded scheduler falls behind, durably, instead of growing without bound).
+    pub max_dispatch_tasks: usize,
     /// How often retention prunes the ledger.
     pub retention_every: std::time::Duration,
     /// This process's name as the owner of the runs it drives (DESIGN §4.5). Unique among
@@ -53,6 +57,7 @@ impl Default for EngineConfig {
         Self {
             claim_batch: 1_000,
             max_in_flight_dispatches: 4_096,
+            max_dispatch_tasks: 16_384,
             retention_every: std::time::Duration::from_secs(60),
             replica_id: uuid::Uuid::now_v7().to_string(),
             lease_ttl: std::time::Duration::from_secs(15),
@@ -88,6 +93,7 @@ impl Engine {
             executor.clone(),
             dispatch::Limits {
                 max_in_flight: config.max_in_flight_dispatches,
+                max_tasks: config.max_dispatch_tasks,
                 owner: config.replica_id.clone(),
                 lease_ttl: config.lease_ttl,
             },
