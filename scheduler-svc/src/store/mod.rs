@@ -300,7 +300,8 @@ pub trait SchedulerStore: Send + Sync + 'static {
         batch: u32,
     ) -> Result<u64, StoreError>;
 
-    /// Schedules with a bounded retention, with it.
+    /// Schedules with runs and a bounded retention, with it (a schedule that never
+    /// fired has nothing to prune, and is not read).
     async fn retained_schedules(&self) -> Result<Vec<(String, Retention)>, StoreError>;
 
     /// Runs that owe a notification not sent yet.

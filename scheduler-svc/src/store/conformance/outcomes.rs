@@ -217,7 +217,8 @@ async fn pruning_keeps_the_newest_and_never_runs_in_flight(store: Store) {
     create(&store, "unbounded", None).await;
     assert_eq!(
         store.retained_schedules().await.unwrap(),
-        vec![("pruned".to_owned(), s.policy.retention)]
+        vec![],
+        "a schedule without runs has nothing to prune"
     );
     let mut runs = Vec::new();
     for i in 0..5 {
@@ -229,6 +230,10 @@ async fn pruning_keeps_the_newest_and_never_runs_in_flight(store: Store) {
         }
         runs.push(run);
     }
+    assert_eq!(
+        store.retained_schedules().await.unwrap(),
+        vec![("pruned".to_owned(), s.policy.retention)]
+    );
     // Finished: runs 0..4 (4 of them); run 4 is in flight and never pruned.
     assert_eq!(store.prune_runs("pruned", 2, None, 1).await.unwrap(), 1);
     assert_eq!(store.prune_runs("pruned", 2, None, 10).await.unwrap(), 1);
