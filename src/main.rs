@@ -2,6 +2,11 @@
 //! which runs both in one process. Parses, dispatches, and turns failures into stderr lines
 //! and an exit code (2: the request was wrong; 1: anything else).
 
+/// mimalloc: measured cheaper than glibc's malloc for the services' many small, short-lived
+/// allocations (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cli;
 mod client;
 mod dev;
