@@ -138,11 +138,15 @@ pub async fn finish_attempt(
         ],
     )
     .await?;
-    conn.execute(
-        "UPDATE schedules SET consecutive_failures = $1 WHERE id = $2",
-        params![plan.consecutive_failures, &schedule.id],
-    )
-    .await?;
+    if plan.consecutive_failures != schedule.consecutive_failures {
+        // Most finishes change nothing here (a success after a success): no write, so the
+        // schedule's page is not rewritten into the WAL on every fire.
+        conn.execute(
+            "UPDATE schedules SET consecutive_failures = $1 WHERE id = $2",
+            params![plan.consecutive_failures, &schedule.id],
+        )
+        .await?;
+    }
     if plan.notify.is_some() {
         effects.push(Effect::Notify(run_id.to_owned()));
     }
