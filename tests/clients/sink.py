@@ -55,6 +55,10 @@ class Recorder(BaseHTTPRequestHandler):
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default listen backlog is 5: a burst of new connections (a restarted
+    # executor, 200 fires on one second) overflowed it, the kernel dropped the SYNs, and
+    # the client's retransmits (after 1 s, then 2 s more) held those requests for seconds.
+    request_queue_size = 1024
 
     def handle_error(self, request, client_address):
         # A killed executor resets its connections: expected here, and not a delivery.
