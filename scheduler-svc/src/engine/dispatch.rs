@@ -181,14 +181,6 @@ impl Dispatcher {
         self.room.notified().await;
     }
 
-    /// How many runs have a dispatch task here.
-    pub fn tasks(&self) -> usize {
-        self.registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
-    }
-
     fn admit(self: &Arc<Self>, run_id: String, from_ledger: bool) -> bool {
         let (cancel, writer) = {
             let state = self.state.lock().unwrap_or_else(|e| e.into_inner());

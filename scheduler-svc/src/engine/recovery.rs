@@ -43,7 +43,9 @@ async fn sweep_forever(engine: &Engine) {
     // so the rest of a backlog shows behind them.
     let limit = u32::try_from(dispatcher.max_tasks()).unwrap_or(u32::MAX);
     let mut first = true;
-    let mut last_full = tokio::time::Instant::now();
+    // Pending notifications are re-sent on the sweep's own cadence, not on every wake-up
+    // of a backlog drain.
+    let mut notifications_sent = tokio::time::Instant::now();
     loop {
         let backlog = dispatcher.take_backlog();
         let now_ms = engine.clock.now_ms();
@@ -87,8 +89,8 @@ async fn sweep_forever(engine: &Engine) {
                 tracing::warn!(error = %e, "recovery sweep cannot read the ledger; retrying");
             }
         }
-        if first || last_full.elapsed() >= every {
-            last_full = tokio::time::Instant::now();
+        if first || notifications_sent.elapsed() >= every {
+            notifications_sent = tokio::time::Instant::now();
             match engine.store.pending_notifications().await {
                 Ok(runs) => {
                     for run_id in runs {
