@@ -9,10 +9,12 @@ wait is bounded.
 import json
 import os
 import select
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -32,6 +34,35 @@ PROTOS = [
 
 class BenchError(Exception):
     """A run that cannot give a trustworthy figure: the script exits non-zero."""
+
+
+_WORK_DIRS = []
+
+
+def work_dir(prefix):
+    """A scratch directory for this run (databases, logs, stubs). `run_main` deletes it when
+    the script succeeds and keeps it, named on stderr, when it fails or when
+    ALMANAC_BENCH_KEEP=1: a benchmark leaves no gigabytes behind in /tmp."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    _WORK_DIRS.append(path)
+    return path
+
+
+def run_main(main, name, errors=()):
+    """Runs a script's `main`; an error of `errors` exits non-zero with its message."""
+    try:
+        main()
+    except BaseException as e:
+        for path in _WORK_DIRS:
+            print(f"# {name}: kept {path}", file=sys.stderr)
+        if isinstance(e, errors):
+            sys.exit(f"{name} failed: {e}")
+        raise
+    for path in _WORK_DIRS:
+        if os.environ.get("ALMANAC_BENCH_KEEP"):
+            print(f"# {name}: kept {path}", file=sys.stderr)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def generate_stubs(out_dir):

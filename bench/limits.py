@@ -22,13 +22,13 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 
 import grpc
 
 from harness import (ALMANAC, HERE, ROOT, BenchError, cpu_seconds, emit, percentile,
                      start_executor, stop)
+from harness import run_main, work_dir
 
 PEERS = os.path.join(os.path.dirname(ROOT), "shared", "peers")
 TARGET = os.environ.get("CARGO_TARGET_DIR", "/tmp/bench-target")
@@ -129,7 +129,7 @@ def main():
     if a.smoke:
         a.sqlbench_n, a.grpc_calls, a.python_calls, a.sink = 500, 2000, 300, "quote"
     only = set(a.only.split(","))
-    work = tempfile.mkdtemp(prefix="almanac-limits-")
+    work = work_dir("almanac-limits-")
     rows = []
     if "store" in only:
         rows += store_rows(a.sqlbench_n, work)
@@ -156,7 +156,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (BenchError, grpc.RpcError, subprocess.SubprocessError, OSError) as e:
-        sys.exit(f"limits failed: {e}")
+    run_main(main, "limits", (BenchError, grpc.RpcError, subprocess.SubprocessError, OSError))

@@ -25,13 +25,13 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 
 import grpc
 
 from harness import (ROOT, cpu_seconds, generate_stubs, http_get, peak_rss_mb, sleep_until,
                      start, stop, wait_http)
+from harness import run_main, work_dir
 
 
 def create_schedules(stub, pb, action_pb, duration_pb, n, spread, sink_url):
@@ -74,7 +74,7 @@ def main():
     ap.add_argument("--out", default=None, help="append the JSON line to this file")
     a = ap.parse_args()
 
-    work = tempfile.mkdtemp(prefix="almanac-w1-")
+    work = work_dir("almanac-w1-")
     generate_stubs(os.path.join(work, "stubs"))
     pb = importlib.import_module("almanac.scheduler.v1.scheduler_pb2")
     rpc = importlib.import_module("almanac.scheduler.v1.scheduler_pb2_grpc")
@@ -156,4 +156,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "w1")

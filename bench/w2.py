@@ -22,7 +22,6 @@ import argparse
 import importlib
 import os
 import sys
-import tempfile
 import time
 import uuid
 
@@ -30,6 +29,7 @@ import grpc
 
 from harness import (ALMANAC, BenchError, cpu_seconds, emit, generate_stubs, peak_rss_mb,
                      percentile, start_executor, stop)
+from harness import run_main, work_dir
 
 
 def pipeline(pb, kind, width):
@@ -89,7 +89,7 @@ def main():
     if a.smoke:
         a.runs, a.warmup = 3, 1
 
-    work = tempfile.mkdtemp(prefix="almanac-w2-")
+    work = work_dir("almanac-w2-")
     generate_stubs(os.path.join(work, "stubs"))
     pb = importlib.import_module("almanac.executor.v1.pipeline_pb2")
     pb_rpc = importlib.import_module("almanac.executor.v1.pipeline_pb2_grpc")
@@ -143,7 +143,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (BenchError, grpc.RpcError) as e:
-        sys.exit(f"w2 failed: {e}")
+    run_main(main, "w2", (BenchError, grpc.RpcError))

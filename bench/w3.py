@@ -29,7 +29,6 @@ import importlib
 import math
 import os
 import sys
-import tempfile
 import time
 
 import grpc
@@ -37,6 +36,7 @@ import grpc
 from harness import (ALMANAC, BenchError, call_concurrently, copy_schedules, cpu_seconds, emit,
                      generate_stubs, peak_rss_mb, read_only, shift_ledger, start,
                      start_executor, start_scheduler, stop, wait_for, wait_http)
+from harness import run_main, work_dir
 
 MINUTE_MS = 60_000
 # A minute boundary between the spawn and the scheduler's own boot time would make the
@@ -95,7 +95,7 @@ def main():
         sys.exit("--downtime must be whole minutes (the fires are on whole minutes)")
     api_n = a.n if a.fill == "api" else min(a.n, max(1, a.api_n))
 
-    work = tempfile.mkdtemp(prefix="almanac-w3-")
+    work = work_dir("almanac-w3-")
     generate_stubs(os.path.join(work, "stubs"))
     pb = importlib.import_module("almanac.scheduler.v1.scheduler_pb2")
     rpc = importlib.import_module("almanac.scheduler.v1.scheduler_pb2_grpc")
@@ -186,7 +186,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (BenchError, grpc.RpcError) as e:
-        sys.exit(f"w3 failed: {e}")
+    run_main(main, "w3", (BenchError, grpc.RpcError))

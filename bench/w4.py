@@ -23,7 +23,6 @@ import argparse
 import importlib
 import os
 import sys
-import tempfile
 import time
 
 import grpc
@@ -31,6 +30,7 @@ import grpc
 from harness import (ALMANAC, BenchError, call_concurrently, copy_schedules, cpu_seconds, emit,
                      generate_stubs, peak_rss_mb, rss_mb, start_executor, start_scheduler,
                      stop)
+from harness import run_main, work_dir
 
 
 def wait_serving(stub, pb, schedule_id, timeout):
@@ -65,7 +65,7 @@ def main():
         a.n, a.api_n, a.idle, a.timeout = 5000, 1000, 5, 20
     api_n = max(1, min(a.n, a.api_n))
 
-    work = tempfile.mkdtemp(prefix="almanac-w4-")
+    work = work_dir("almanac-w4-")
     generate_stubs(os.path.join(work, "stubs"))
     pb = importlib.import_module("almanac.scheduler.v1.scheduler_pb2")
     rpc = importlib.import_module("almanac.scheduler.v1.scheduler_pb2_grpc")
@@ -145,7 +145,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (BenchError, grpc.RpcError) as e:
-        sys.exit(f"w4 failed: {e}")
+    run_main(main, "w4", (BenchError, grpc.RpcError))

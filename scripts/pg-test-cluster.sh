@@ -4,7 +4,8 @@
 # apt when it is missing (as root). The cluster trusts local
 # connections; it is for tests, never for data. It lives in /tmp/almanac-pg-PORT.
 #
-# usage: scripts/pg-test-cluster.sh [start|stop]   (PORT: ALMANAC_PG_PORT, default 55432)
+# usage: scripts/pg-test-cluster.sh [start|stop]   (stop deletes it)
+#   (PORT: ALMANAC_PG_PORT, default 55432)
 set -euo pipefail
 
 port="${ALMANAC_PG_PORT:-55432}"
@@ -26,6 +27,8 @@ as_postgres() {
 
 if [ "${1:-start}" = stop ]; then
   [ -d "$dir/data" ] && as_postgres "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >&2 || true
+  # Thrown away on stop too: the tests' databases add up to gigabytes over a run.
+  rm -rf "$dir"
   exit 0
 fi
 
