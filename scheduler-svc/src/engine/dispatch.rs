@@ -26,7 +26,7 @@ use super::clock::Clock;
 use super::executor::{CallError, ExecEvent, ExecuteCall, ExecutorClient};
 use super::ledger_writer::LedgerWriter;
 use crate::model::{AttemptOutcome, DispatchJob, RunStatus};
-use crate::store::{LedgerUpdate, SchedulerStore, StoreError};
+use crate::store::{ClaimLease, LedgerUpdate, SchedulerStore, StoreError};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -139,13 +139,35 @@ impl Dispatcher {
     /// Dispatches a fresh run's current attempt, unless this process already is or the
     /// dispatcher is in backlog (the run then waits in the ledger for the sweep).
     pub fn dispatch(self: &Arc<Self>, run_id: String) {
-        self.admit(run_id, false);
+        self.admit(run_id, false, None);
+    }
+
+    /// `dispatch` for a run this process's claim just wrote under its lease (`claim_lease`):
+    /// sent as `job` says, with no transaction to take the lease and no read of the run.
+    pub fn dispatch_claimed(self: &Arc<Self>, job: DispatchJob) {
+        self.admit(job.run_id.clone(), false, Some(job));
+    }
+
+    /// The lease a claim made now takes, for this process, on the runs it writes — none
+    /// while the dispatcher is in backlog or full: those runs wait in the ledger unowned,
+    /// for whichever replica has room first.
+    pub fn claim_lease(&self, now_ms: i64) -> Option<ClaimLease<'_>> {
+        let full = self
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+            >= self.max_tasks;
+        (!full && !self.in_backlog()).then(|| ClaimLease {
+            owner: &self.owner,
+            until_ms: now_ms.saturating_add(self.lease_ttl_ms),
+        })
     }
 
     /// Dispatches a run the sweep found in the ledger with no task here, oldest first;
     /// `false` when the dispatcher is full (the run stays for a later sweep).
     pub fn resume(self: &Arc<Self>, run_id: String) -> bool {
-        self.admit(run_id, true)
+        self.admit(run_id, true, None)
     }
 
     /// Whether runs wait in the ledger for room, since the sweep last looked.
@@ -181,7 +203,12 @@ impl Dispatcher {
         self.room.notified().await;
     }
 
-    fn admit(self: &Arc<Self>, run_id: String, from_ledger: bool) -> bool {
+    fn admit(
+        self: &Arc<Self>,
+        run_id: String,
+        from_ledger: bool,
+        claimed: Option<DispatchJob>,
+    ) -> bool {
         let (cancel, writer) = {
             let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let Some(running) = state.as_ref() else {
@@ -220,7 +247,7 @@ impl Dispatcher {
         let this = self.clone();
         self.tracker.spawn(async move {
             tokio::select! {
-                () = this.drive(&run_id, &writer) => {}
+                () = this.drive(&run_id, claimed, &writer) => {}
                 () = cancel.cancelled() => {}
             }
             let left = {
@@ -269,20 +296,32 @@ impl Dispatcher {
     }
 
     /// Sends the run's current attempt until its execution finishes, the run is gone, or
-    /// another replica takes it over.
-    async fn drive(&self, run_id: &str, writer: &LedgerWriter) {
-        let Some(epoch) = self.take_lease(run_id).await else {
-            tracing::debug!(
-                run_id,
-                "run is final or another replica's; not dispatched here"
-            );
-            return;
+    /// another replica takes it over. A run `claimed` by this process is already leased
+    /// to it, and its first attempt is the claim's job; any other run's lease is taken
+    /// first, and every attempt is read from the ledger.
+    async fn drive(&self, run_id: &str, mut claimed: Option<DispatchJob>, writer: &LedgerWriter) {
+        let epoch = match &claimed {
+            Some(job) => job.lease_epoch,
+            None => {
+                let Some(epoch) = self.take_lease(run_id).await else {
+                    tracing::debug!(
+                        run_id,
+                        "run is final or another replica's; not dispatched here"
+                    );
+                    return;
+                };
+                epoch
+            }
         };
         let mut backoff = MIN_BACKOFF;
         let mut seen_seq = 0u64;
         let mut finished_attempt = None;
         loop {
-            let job = match self.store.dispatch_job(run_id).await {
+            let read = match claimed.take() {
+                Some(job) => Ok(Some(job)),
+                None => self.store.dispatch_job(run_id).await,
+            };
+            let job = match read {
                 Ok(Some(job)) if job.lease_epoch != epoch => {
                     tracing::info!(
                         run_id,

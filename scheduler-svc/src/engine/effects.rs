@@ -13,8 +13,8 @@ use super::dispatch::Dispatcher;
 use super::executor::{CallError, ExecutorClient};
 use super::notify::Notifier;
 use super::timer::Timer;
-use crate::model::CancelMode;
-use crate::store::Effect;
+use crate::model::{CancelMode, DispatchJob};
+use crate::store::{ClaimLease, Effect};
 
 /// How many times a cancellation is sent before it is left to recovery.
 const CANCEL_TRIES: u32 = 20;
@@ -62,6 +62,23 @@ impl Effects {
                 }
             }
         }
+    }
+
+    /// Dispatches the runs a claim of this process wrote: as the claim hands them over
+    /// if it leased them (`leased`), else through the ledger like any other run.
+    pub fn dispatch_claimed(&self, jobs: Vec<DispatchJob>, leased: bool) {
+        for job in jobs {
+            if leased {
+                self.dispatcher.dispatch_claimed(job);
+            } else {
+                self.dispatcher.dispatch(job.run_id);
+            }
+        }
+    }
+
+    /// The lease a claim made now takes on the runs it writes (`Dispatcher::claim_lease`).
+    pub fn claim_lease(&self, now_ms: i64) -> Option<ClaimLease<'_>> {
+        self.dispatcher.claim_lease(now_ms)
     }
 
     /// Applies effects arriving on `rx` (from the ledger writer) until `stop`.

@@ -189,7 +189,7 @@ impl Timer {
     }
 
     /// Records claimed schedules' next fires and starts what the claims ask for.
-    fn apply_claims(&self, claimed: Vec<crate::store::Claimed>, effects: &Effects) {
+    fn apply_claims(&self, claimed: Vec<crate::store::Claimed>, leased: bool, effects: &Effects) {
         {
             let mut index = self.index();
             for c in &claimed {
@@ -199,12 +199,7 @@ impl Timer {
         let mut fired = 0usize;
         for c in claimed {
             fired += c.dispatch.len();
-            effects.apply(
-                c.dispatch
-                    .into_iter()
-                    .map(crate::store::Effect::Dispatch)
-                    .collect(),
-            );
+            effects.dispatch_claimed(c.dispatch, leased);
             effects.apply(c.effects);
         }
         tracing::debug!(dispatched = fired, "claimed due fires");
@@ -264,14 +259,17 @@ impl Timer {
             let mut due = due;
             due.sort_unstable();
             let chunk = due.len().div_ceil(store.claim_parallelism().max(1));
+            // The runs claimed go straight to this process's dispatcher, leased to it by
+            // the claim itself — unless it is in backlog (`Dispatcher::claim_lease`).
+            let lease = effects.claim_lease(now_ms);
             let mut claims: FuturesUnordered<_> = due
                 .chunks(chunk)
-                .map(|ids| store.claim_due(ids, now_ms, &planner))
+                .map(|ids| store.claim_due(ids, now_ms, lease, &planner))
                 .collect();
             let mut failed = false;
             while let Some(result) = claims.next().await {
                 match result {
-                    Ok(claimed) => self.apply_claims(claimed, &effects),
+                    Ok(claimed) => self.apply_claims(claimed, lease.is_some(), &effects),
                     Err(e) => {
                         tracing::warn!(error = %e, schedules = due.len(), "claim failed; retrying");
                         failed = true;

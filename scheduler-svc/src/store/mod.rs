@@ -74,11 +74,25 @@ pub struct Claimed {
     pub schedule_id: String,
     /// The schedule's next fire if it is ACTIVE, else `None` (drop it from the index).
     pub next_fire_ms: Option<i64>,
-    /// Runs written PENDING, to dispatch.
-    pub dispatch: Vec<String>,
-    /// What else the claim asks of the engine (cancellations of runs in flight).
+    /// Runs written PENDING, to dispatch, as the dispatcher would read them: under the
+    /// claimer's lease (epoch `FIRST_EPOCH`) if the claim took one, else unowned (0).
+    pub dispatch: Vec<DispatchJob>,
+    /// What else the claim asks of the engine (cancellations of runs in flight, and runs
+    /// they let go ahead).
     pub effects: Vec<Effect>,
 }
+
+/// The owner lease a claim takes on the runs it writes PENDING, for the replica that
+/// claims: they go to its dispatcher at once, which then needs no transaction of its own
+/// per run to take the lease (DESIGN §4.5).
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimLease<'a> {
+    pub owner: &'a str,
+    pub until_ms: i64,
+}
+
+/// The epoch of the lease a run is written with (every later take-over adds one).
+pub const FIRST_EPOCH: i64 = 1;
 
 /// Work a committed ledger change leaves for the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,18 +173,20 @@ pub trait SchedulerStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// (id, next fire) of every ACTIVE schedule that has a next fire: the timer's index.
     async fn due_index(&self) -> Result<Vec<(String, i64)>, StoreError>;
-    /// Claims the due fires of `ids` in one transaction: for each schedule that is
-    /// ACTIVE with a next fire at or before `now_ms`, runs `plan` and writes its rows and
-    /// the schedule's next fire. Returns one `Claimed` per id asked about.
     /// How many `claim_due` calls may usefully run at once, over disjoint schedules.
     fn claim_parallelism(&self) -> usize {
         1
     }
 
+    /// Claims the due fires of `ids` in one transaction: for each schedule that is
+    /// ACTIVE with a next fire at or before `now_ms`, runs `plan` and writes its rows and
+    /// the schedule's next fire, its PENDING runs leased under `lease` if given. Returns one
+    /// `Claimed` per id asked about.
     async fn claim_due(
         &self,
         ids: &[String],
         now_ms: i64,
+        lease: Option<ClaimLease<'_>>,
         plan: &DuePlanner<'_>,
     ) -> Result<Vec<Claimed>, StoreError>;
     /// Writes a manual run in one transaction with the overlap check; a request id seen

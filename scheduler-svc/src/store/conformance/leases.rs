@@ -3,11 +3,12 @@
 //! SQLite (one scheduler per file) every lease is the caller's; on PostgreSQL another
 //! replica's live lease is respected.
 
-use super::{Store, T0, create, fire_next, one_run};
+use super::{CLAIM_TTL_MS, CLAIMER, Store, T0, claim_lease, create, fire_next, manual_run};
 use crate::model::{AttemptOutcome, RunStatus};
 use crate::store::LedgerUpdate;
 
 super::conformance!(
+    a_claim_leases_the_runs_it_writes_to_the_claimer,
     a_lease_is_taken_renewed_and_adopted_after_it_expires,
     a_driver_that_lost_its_run_writes_nothing,
     drivable_runs_are_own_unowned_or_expired,
@@ -22,8 +23,66 @@ fn shared(store: &Store) -> bool {
     store.claim_parallelism() > 1
 }
 
+async fn a_claim_leases_the_runs_it_writes_to_the_claimer(store: Store) {
+    create(&store, "claimed", Some(T0)).await;
+    let claimed = store
+        .claim_due(
+            &["claimed".to_owned()],
+            T0,
+            Some(claim_lease(T0)),
+            &fire_next,
+        )
+        .await
+        .unwrap();
+    let job = claimed[0].dispatch[0].clone();
+    assert_eq!(job.lease_epoch, 1, "the claim's lease is the run's first");
+    assert_eq!(
+        store.dispatch_job(&job.run_id).await.unwrap(),
+        Some(job.clone()),
+        "the claim hands over the run as the ledger holds it"
+    );
+    let until = T0 + CLAIM_TTL_MS;
+    let own = store
+        .drivable_runs(CLAIMER, T0 + 1, T0 - TTL, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        own,
+        std::slice::from_ref(&job.run_id),
+        "the claimer's sweep finds it (should its dispatcher be full)"
+    );
+    let others = store
+        .drivable_runs("b", T0 + 1, T0 - TTL, 10)
+        .await
+        .unwrap();
+    let taken = store.take_lease(&job.run_id, "b", T0 + 1, T0 + TTL).await;
+    if shared(&store) {
+        assert!(others.is_empty(), "another replica leaves it alone");
+        assert_eq!(taken.unwrap(), None, "another replica cannot take it");
+        let adopted = store
+            .take_lease(&job.run_id, "b", until + 1, until + TTL)
+            .await;
+        assert_eq!(adopted.unwrap(), Some(2), "adopted once the lease expired");
+    } else {
+        assert_eq!(others, own);
+        assert_eq!(taken.unwrap(), Some(2), "one scheduler per SQLite file");
+    }
+    create(&store, "unleased", Some(T0)).await;
+    let claimed = store
+        .claim_due(&["unleased".to_owned()], T0, None, &fire_next)
+        .await
+        .unwrap();
+    let job = &claimed[0].dispatch[0];
+    assert_eq!(
+        job.lease_epoch, 0,
+        "without a lease the claim leaves it unowned"
+    );
+    let taken = store.take_lease(&job.run_id, "b", T0 + 1, T0 + TTL).await;
+    assert_eq!(taken.unwrap(), Some(1), "an unowned run is free to take");
+}
+
 async fn a_lease_is_taken_renewed_and_adopted_after_it_expires(store: Store) {
-    let run = one_run(&store, "leased", T0).await;
+    let run = manual_run(&store, "leased", T0).await;
     let first = store.take_lease(&run, "a", T0, T0 + TTL).await.unwrap();
     assert_eq!(first, Some(1), "an unowned run is free to take");
     let again = store.take_lease(&run, "a", T0 + 1, T0 + 1 + TTL).await;
@@ -101,7 +160,7 @@ fn outcome(status: RunStatus, at_ms: i64) -> AttemptOutcome {
 }
 
 async fn a_driver_that_lost_its_run_writes_nothing(store: Store) {
-    let run = one_run(&store, "fenced", T0).await;
+    let run = manual_run(&store, "fenced", T0).await;
     let old = store
         .take_lease(&run, "a", T0, T0 + TTL)
         .await
@@ -164,11 +223,11 @@ async fn a_driver_that_lost_its_run_writes_nothing(store: Store) {
 }
 
 async fn drivable_runs_are_own_unowned_or_expired(store: Store) {
-    let own = one_run(&store, "d-own", T0).await;
-    let others = one_run(&store, "d-other", T0 + 1).await;
-    let expired = one_run(&store, "d-expired", T0 + 2).await;
-    let fresh = one_run(&store, "d-fresh", T0 + 50_000).await;
-    let old_unowned = one_run(&store, "d-unowned", T0 + 3).await;
+    let own = manual_run(&store, "d-own", T0).await;
+    let others = manual_run(&store, "d-other", T0 + 1).await;
+    let expired = manual_run(&store, "d-expired", T0 + 2).await;
+    let fresh = manual_run(&store, "d-fresh", T0 + 50_000).await;
+    let old_unowned = manual_run(&store, "d-unowned", T0 + 3).await;
     let now = T0 + 60_000;
     store.take_lease(&own, "me", now, now + TTL).await.unwrap();
     store
@@ -263,7 +322,12 @@ async fn a_claim_of_a_schedule_locked_elsewhere_looks_again_shortly() {
         .expect("lock the schedule");
     let claimed = tokio::time::timeout(
         std::time::Duration::from_secs(10),
-        store.claim_due(&["held".to_owned()], T0 + 10, &fire_next),
+        store.claim_due(
+            &["held".to_owned()],
+            T0 + 10,
+            Some(claim_lease(T0 + 10)),
+            &fire_next,
+        ),
     )
     .await
     .expect("a claim never waits on a locked schedule")
@@ -280,7 +344,12 @@ async fn a_claim_of_a_schedule_locked_elsewhere_looks_again_shortly() {
     holder.rollback().await.expect("release");
     assert_eq!(claimed.len(), 1);
     let claimed = store
-        .claim_due(&["held".to_owned()], T0 + 50, &fire_next)
+        .claim_due(
+            &["held".to_owned()],
+            T0 + 50,
+            Some(claim_lease(T0 + 50)),
+            &fire_next,
+        )
         .await
         .unwrap();
     assert_eq!(

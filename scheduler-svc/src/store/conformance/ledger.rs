@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use super::{MINUTE, Store, T0, claim, conformance, create, fire_next, one_run, pending};
+use super::{
+    MINUTE, Store, T0, claim, claim_lease, conformance, create, fire_next, one_run, pending,
+};
 use crate::engine::overlap::InFlight;
 use crate::model::{AttemptOutcome, RunStatus, Schedule, ScheduleState, Trigger, execution_key};
 use crate::store::{Effect, LedgerUpdate, RunCursor, StoreError};
@@ -25,12 +27,17 @@ conformance!(
 async fn a_claim_writes_the_run_its_attempt_and_the_next_fire(store: Store) {
     create(&store, "claimed", Some(T0)).await;
     let claimed = store
-        .claim_due(&["claimed".to_owned()], T0 + 5, &fire_next)
+        .claim_due(
+            &["claimed".to_owned()],
+            T0 + 5,
+            Some(claim_lease(T0 + 5)),
+            &fire_next,
+        )
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].next_fire_ms, Some(T0 + MINUTE));
-    let run_id = claimed[0].dispatch[0].clone();
+    let run_id = claimed[0].dispatch[0].run_id.clone();
     let run = store.get_run(&run_id).await.unwrap().unwrap();
     assert_eq!(
         (run.nominal_ms, run.trigger, run.status, run.attempt),
@@ -52,7 +59,10 @@ async fn a_claim_leaves_schedules_not_due_paused_or_missing(store: Store) {
     paused.state = ScheduleState::Paused;
     store.insert_schedule(&paused).await.unwrap();
     let ids = ["later", "paused", "missing"].map(String::from);
-    let claimed = store.claim_due(&ids, T0, &fire_next).await.unwrap();
+    let claimed = store
+        .claim_due(&ids, T0, Some(claim_lease(T0)), &fire_next)
+        .await
+        .unwrap();
     let next: Vec<_> = claimed.iter().map(|c| c.next_fire_ms).collect();
     assert_eq!(next, [Some(T0 + MINUTE), None, None]);
     assert!(claimed.iter().all(|c| c.dispatch.is_empty()));
@@ -94,9 +104,12 @@ async fn a_fire_that_has_a_row_is_not_written_again(store: Store) {
 async fn a_planner_error_pauses_the_schedule(store: Store) {
     create(&store, "broken", Some(T0)).await;
     let claimed = store
-        .claim_due(&["broken".to_owned()], T0, &|_, _| {
-            Err("bad spec".to_owned())
-        })
+        .claim_due(
+            &["broken".to_owned()],
+            T0,
+            Some(claim_lease(T0)),
+            &|_, _| Err("bad spec".to_owned()),
+        )
         .await
         .unwrap();
     assert_eq!(claimed[0].next_fire_ms, None);
@@ -118,7 +131,10 @@ async fn concurrent_claims_write_each_fire_once(store: Store) {
             // (a schedule another transaction holds is left for the next round).
             let mut dispatched = 0;
             for _ in 0..200 {
-                let claimed = store.claim_due(&ids, T0, &fire_next).await.unwrap();
+                let claimed = store
+                    .claim_due(&ids, T0, Some(claim_lease(T0)), &fire_next)
+                    .await
+                    .unwrap();
                 dispatched += claimed.iter().map(|c| c.dispatch.len()).sum::<usize>();
                 if claimed
                     .iter()

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use almanac_proto::executor::v1::Action;
 
-use super::{PostgresStore, SchedulerStore, SqliteStore};
+use super::{ClaimLease, PostgresStore, SchedulerStore, SqliteStore};
 use crate::engine::overlap::InFlight;
 use crate::engine::policy::{FirePlan, NewRun};
 use crate::model::{Policy, RunStatus, Schedule, ScheduleState, Trigger};
@@ -126,10 +126,46 @@ pub fn fire_next(s: &Schedule, _in_flight: &InFlight) -> Result<FirePlan, String
 /// Claims `id` at `now_ms` with `fire_next`; the runs written PENDING.
 pub async fn claim(store: &Store, id: &str, now_ms: i64) -> Vec<String> {
     let claimed = store
-        .claim_due(&[id.to_owned()], now_ms, &fire_next)
+        .claim_due(
+            &[id.to_owned()],
+            now_ms,
+            Some(claim_lease(now_ms)),
+            &fire_next,
+        )
         .await
         .expect("claim");
-    claimed.into_iter().flat_map(|c| c.dispatch).collect()
+    claimed
+        .into_iter()
+        .flat_map(|c| c.dispatch)
+        .map(|job| job.run_id)
+        .collect()
+}
+
+/// The replica whose claims the suites make.
+pub const CLAIMER: &str = "claimer";
+
+/// How long a claim's lease lasts in the suites.
+pub const CLAIM_TTL_MS: i64 = 30_000;
+
+/// The lease a claim of the suites made at `now_ms` takes.
+pub fn claim_lease(now_ms: i64) -> ClaimLease<'static> {
+    ClaimLease {
+        owner: CLAIMER,
+        until_ms: now_ms + CLAIM_TTL_MS,
+    }
+}
+
+/// A manual run, due at `now_ms`, of a new schedule `id` with no next fire: unowned, as
+/// every run not written by a claim.
+pub async fn manual_run(store: &Store, id: &str, now_ms: i64) -> String {
+    create(store, id, None).await;
+    let (run, _) = store
+        .trigger(id, None, now_ms, &|_: &Schedule, _: &InFlight| {
+            (pending(now_ms, Trigger::Manual), Vec::new(), false)
+        })
+        .await
+        .expect("trigger");
+    run.id
 }
 
 /// Claims one fire of a new schedule `id` at `nominal_ms`; its run id.

@@ -11,7 +11,8 @@ use super::{Conn, Lock, leases, lock_schedule, params};
 use crate::engine::policy::NewRun;
 use crate::model::{DispatchJob, Run, RunStatus, Schedule, ScheduleState, execution_key};
 use crate::store::{
-    Claimed, DuePlanner, Effect, LedgerUpdate, ManualPlanner, RunCursor, StoreError,
+    ClaimLease, Claimed, DuePlanner, Effect, FIRST_EPOCH, LedgerUpdate, ManualPlanner, RunCursor,
+    StoreError,
 };
 
 /// How long after finding a due schedule locked by another transaction a claim looks again.
@@ -22,6 +23,7 @@ pub async fn claim_one(
     conn: &mut dyn Conn,
     id: &str,
     now_ms: i64,
+    lease: Option<ClaimLease<'_>>,
     plan: &DuePlanner<'_>,
 ) -> Result<Claimed, StoreError> {
     let idle = |next_fire_ms| Claimed {
@@ -75,21 +77,14 @@ pub async fn claim_one(
             return Ok(idle(None));
         }
     };
-    let (_, mut dispatch) = insert_runs(conn, &schedule, &plan.runs, now_ms).await?;
-    let mut effects = request_cancels(
+    let (_, dispatch) = insert_runs(conn, &schedule, &plan.runs, now_ms, lease).await?;
+    let effects = request_cancels(
         conn,
         &plan.cancel,
         "the overlap policy started a newer run",
         now_ms,
     )
     .await?;
-    effects.retain(|e| match e {
-        Effect::Dispatch(run) => {
-            dispatch.push(run.clone());
-            false
-        }
-        _ => true,
-    });
     let state = if plan.completed.is_some() {
         ScheduleState::Completed
     } else {
@@ -138,27 +133,32 @@ async fn pause_broken(
 
 /// Inserts planned rows (and the first attempt of each PENDING one; a BUFFERED one keeps
 /// the action too, for when it starts). A row whose fire already has a ledger row is not
-/// written again. Returns the ids written, and those written PENDING.
+/// written again. A PENDING row is written under `lease` when there is one (epoch
+/// `FIRST_EPOCH`). Returns the ids written, and the dispatch job of each written PENDING.
 pub async fn insert_runs(
     conn: &mut dyn Conn,
     schedule: &Schedule,
     runs: &[NewRun],
     now_ms: i64,
-) -> Result<(Vec<String>, Vec<String>), StoreError> {
+    lease: Option<ClaimLease<'_>>,
+) -> Result<(Vec<String>, Vec<DispatchJob>), StoreError> {
     let mut written_ids = Vec::new();
     let mut pending = Vec::new();
     let action = to_json(&schedule.action)?;
     for run in runs {
         let is_pending = run.status == RunStatus::Pending;
         let keeps_action = is_pending || run.status == RunStatus::Buffered;
+        let lease = lease.filter(|_| is_pending);
         // A conflict on any unique key (the fire's, or a manual run's request id) writes
         // nothing: the database decides a race between two writers of one fire.
         let written = conn
             .execute(
                 "INSERT INTO runs (id, schedule_id, nominal_ms, trigger, status, attempt, \
                  dispatch_after_ms, reason, coalesced_into, missed_first_ms, missed_last_ms, \
-                 missed_count, request_id, action, created_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+                 missed_count, request_id, action, created_ms, owner, lease_until_ms, \
+                 lease_epoch) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+                 $16, $17, $18) \
                  ON CONFLICT DO NOTHING",
                 params![
                     &run.id,
@@ -176,6 +176,9 @@ pub async fn insert_runs(
                     run.request_id.as_deref(),
                     keeps_action.then_some(action.as_str()),
                     now_ms,
+                    lease.map(|l| l.owner),
+                    lease.map(|l| l.until_ms),
+                    if lease.is_some() { FIRST_EPOCH } else { 0 },
                 ],
             )
             .await?
@@ -194,7 +197,19 @@ pub async fn insert_runs(
                 params![&run.id, &key, run.deadline_ms],
             )
             .await?;
-            pending.push(run.id.clone());
+            pending.push(DispatchJob {
+                run_id: run.id.clone(),
+                schedule_id: schedule.id.clone(),
+                nominal_ms: run.nominal_ms,
+                status: RunStatus::Pending,
+                attempt: 1,
+                execution_key: key,
+                dispatch_after_ms: run.dispatch_after_ms.unwrap_or(run.nominal_ms),
+                deadline_ms: run.deadline_ms,
+                last_seq: 0,
+                action: schedule.action.clone(),
+                lease_epoch: if lease.is_some() { FIRST_EPOCH } else { 0 },
+            });
         }
     }
     Ok((written_ids, pending))
@@ -231,12 +246,13 @@ pub async fn trigger(
     };
     let in_flight = in_flight_state(conn, schedule_id).await?;
     let (row, cancels, overrun) = plan(&schedule, &in_flight);
-    let mut effects: Vec<Effect> = insert_runs(conn, &schedule, std::slice::from_ref(&row), now_ms)
-        .await?
-        .1
-        .into_iter()
-        .map(Effect::Dispatch)
-        .collect();
+    let mut effects: Vec<Effect> =
+        insert_runs(conn, &schedule, std::slice::from_ref(&row), now_ms, None)
+            .await?
+            .1
+            .into_iter()
+            .map(|job| Effect::Dispatch(job.run_id))
+            .collect();
     effects.extend(
         request_cancels(
             conn,

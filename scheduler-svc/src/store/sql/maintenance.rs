@@ -43,9 +43,12 @@ pub async fn backfill(
         }
         rows.push(row);
     }
-    let (written, pending) = insert_runs(conn, &schedule, &rows, now_ms).await?;
+    let (written, pending) = insert_runs(conn, &schedule, &rows, now_ms, None).await?;
     let created = written.len() as i64;
-    let mut effects: Vec<Effect> = pending.into_iter().map(Effect::Dispatch).collect();
+    let mut effects: Vec<Effect> = pending
+        .into_iter()
+        .map(|job| Effect::Dispatch(job.run_id))
+        .collect();
     if buffered
         && effects.is_empty()
         && let Some(next) = promote_next(conn, schedule_id, now_ms).await?

@@ -15,8 +15,8 @@ use crate::model::{
     CancelMode, DispatchJob, Notification, Retention, Run, RunStatus, Schedule, ScheduleState,
 };
 use crate::store::{
-    Claimed, DuePlanner, Effect, LedgerUpdate, ManualPlanner, RunCursor, ScheduleChange,
-    SchedulerStore, StoreError,
+    ClaimLease, Claimed, DuePlanner, Effect, LedgerUpdate, ManualPlanner, RunCursor,
+    ScheduleChange, SchedulerStore, StoreError,
 };
 
 /// How many times a write transaction runs before a transient abort is reported.
@@ -192,12 +192,13 @@ impl<B: Backend> SchedulerStore for SqlStore<B> {
         &self,
         ids: &[String],
         now_ms: i64,
+        lease: Option<ClaimLease<'_>>,
         plan: &DuePlanner<'_>,
     ) -> Result<Vec<Claimed>, StoreError> {
         write_tx!(self, |conn| {
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
-                out.push(ledger::claim_one(conn, id, now_ms, plan).await?);
+                out.push(ledger::claim_one(conn, id, now_ms, lease, plan).await?);
             }
             out
         })
