@@ -280,6 +280,20 @@ pub struct Event {
 }
 
 impl Event {
+    /// The first event of a new execution, seq 1, as `ExecutorStore::create_execution`
+    /// stores it.
+    pub fn started(execution_id: &str, idempotency_key: &str, at_ms: i64) -> Self {
+        Self {
+            execution_id: execution_id.to_owned(),
+            seq: 1,
+            at_ms,
+            kind: EventKind::ExecutionStarted {
+                execution_id: execution_id.to_owned(),
+                idempotency_key: idempotency_key.to_owned(),
+            },
+        }
+    }
+
     /// Whether this event closes the log.
     pub fn is_final(&self) -> bool {
         matches!(self.kind, EventKind::ExecutionFinished { .. })

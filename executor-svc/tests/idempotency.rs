@@ -86,3 +86,35 @@ async fn concurrent_executes_with_one_key_start_one_execution() {
     assert_eq!(target.requests().len(), 1);
     executor.stop().await;
 }
+
+#[tokio::test]
+async fn a_stored_execution_is_attached_to_although_the_configuration_now_refuses_its_action() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("executor.db");
+    let target = Target::start().await;
+    let request = execute_request("kept", call(&target.url("/ok")));
+    let executor = Executor::start(&db).await;
+    let first = execute_all(&mut executor.client().await, request.clone()).await;
+    executor.stop().await;
+
+    // Started again with loopback no longer let through the egress guard.
+    let executor = Executor::start_exact(almanac_executor::Config::new(&db)).await;
+    let mut client = executor.client().await;
+    let again = execute_all(&mut client, request).await;
+    assert_eq!(
+        again, first,
+        "the stored execution is attached to and replayed"
+    );
+    let fresh = client
+        .execute(execute_request("new", call(&target.url("/ok"))))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        fresh.code(),
+        Code::FailedPrecondition,
+        "{}",
+        fresh.message()
+    );
+    assert_eq!(target.requests().len(), 1, "nothing ran again");
+    executor.stop().await;
+}

@@ -9,7 +9,7 @@
 //! lease (`write`).
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
@@ -81,13 +81,13 @@ impl Engine {
     ) -> EventStream {
         let live = self.live(&execution_id);
         let signal = live.as_ref().map(|l| l.seq.subscribe());
-        let live = live.as_ref().map(Arc::downgrade);
+        let recent = live.as_ref().map(|l| Arc::clone(&l.recent));
         let watcher = Watcher {
             engine: Arc::clone(self),
             execution_id,
             cursor: after_seq,
             pending: VecDeque::new(),
-            live,
+            recent,
             recheck: false,
             signal,
             done: false,
@@ -106,9 +106,9 @@ struct Watcher {
     cursor: u64,
     /// Events read, not yet handed out.
     pending: VecDeque<Event>,
-    /// The execution's runner state in this process, while it runs here (weak: the
-    /// runner's end drops it, and the signal with it).
-    live: Option<Weak<Live>>,
+    /// The list of the last events of the execution's runner in this process, if it
+    /// runs here (kept after the runner's end; the signal is not).
+    recent: Option<Arc<Mutex<VecDeque<Event>>>>,
     /// The last wait ended by the periodic re-check, not by a signal.
     recheck: bool,
     /// Moves when the execution's runner (in this process) commits an event.
@@ -166,11 +166,18 @@ impl Watcher {
 
     /// Takes the events after the cursor from the runner's in-memory list: `Some(true)`
     /// when there were some, `Some(false)` when the list shows nothing after the cursor
-    /// yet, `None` when it cannot tell (no runner here, or the list does not reach back
-    /// to the cursor): then the store answers.
+    /// yet, `None` when it cannot tell (no runner here, the list does not reach back to
+    /// the cursor, or the runner ended before the execution did): then the store answers.
     fn take_recent(&mut self) -> Option<bool> {
-        let live = self.live.as_ref()?.upgrade()?;
-        let recent = live.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let list = Arc::clone(self.recent.as_ref()?);
+        let recent = list.lock().unwrap_or_else(|e| e.into_inner());
+        if self.signal.is_none() && !recent.back().is_some_and(Event::is_final) {
+            // The runner stopped short of the end (shutdown, a lost lease): whatever
+            // comes next is appended elsewhere.
+            drop(recent);
+            self.recent = None;
+            return None;
+        }
         let want = self.cursor + 1;
         if recent.back().is_some_and(|e| e.is_final() && e.seq < want) {
             // The execution ended at or before the cursor.
@@ -242,7 +249,7 @@ impl Watcher {
     fn follow_runner(&mut self) {
         if let Some(live) = self.engine.live(&self.execution_id) {
             self.signal = Some(live.seq.subscribe());
-            self.live = Some(Arc::downgrade(&live));
+            self.recent = Some(Arc::clone(&live.recent));
         }
     }
 
@@ -277,7 +284,7 @@ const RECENT: usize = 64;
 
 impl Live {
     /// Records an event this process committed, then tells the watchers.
-    fn committed(&self, event: &Event) {
+    pub(super) fn committed(&self, event: &Event) {
         {
             let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
             // Concurrent nodes commit in seq order but may get here in another.

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use super::{Engine, EventStream, Live, runner};
 use crate::actions::templates;
 use crate::error::ExecutorError;
-use crate::model::{CancelMode, ExecutionRecord, ListQuery, NewExecution, NodeRunRecord};
+use crate::model::{CancelMode, Event, ExecutionRecord, ListQuery, NewExecution, NodeRunRecord};
 use crate::store::Lease;
 
 /// A validated request to run an action under an idempotency key.
@@ -78,12 +78,16 @@ impl Engine {
         let fingerprint = fingerprint(&request);
         let key = &request.idempotency_key;
 
-        let record = match self.store.find_by_key(key).await? {
-            Some(existing) => existing,
-            None => {
-                // Only a new execution asks the configuration: one already running keeps
-                // running (and can be re-attached to) whatever changed since.
-                let pipeline = self.check_configuration(&request.action, "action").await?;
+        // A new key is the common case: the insert itself finds a taken one (`create`
+        // then attaches), so a new execution costs no read first.
+        let record = match self.check_configuration(&request.action, "action").await {
+            // Only a new execution is held to the configuration: one already stored keeps
+            // running (and can be re-attached to) whatever changed since.
+            Err(refused) => match self.store.find_by_key(key).await? {
+                Some(existing) => existing,
+                None => return Err(refused),
+            },
+            Ok(pipeline) => {
                 let new = NewExecution {
                     id: uuid::Uuid::now_v7().to_string(),
                     idempotency_key: key.clone(),
@@ -312,6 +316,12 @@ impl Engine {
                 running => running.cloned(),
             };
             let live = Arc::new(Live::new(lease));
+            if let Some(record) = &fresh {
+                // Its first event, committed with it: local watchers start from memory.
+                let started =
+                    Event::started(&record.id, &record.idempotency_key, record.created_ms);
+                live.committed(&started);
+            }
             map.insert(execution_id.clone(), Arc::clone(&live));
             (live, previous)
         };

@@ -90,8 +90,9 @@ pub(crate) struct Live {
     lease: Lease,
     seq: watch::Sender<u64>,
     /// The last events committed here, in seq order: what local watchers read instead
-    /// of the store while they keep up (`events::Watcher`).
-    recent: Mutex<std::collections::VecDeque<crate::model::Event>>,
+    /// of the store while they keep up (`events::Watcher`, which keeps it past the
+    /// runner's end: it ends with the final event when the execution finished here).
+    recent: Arc<Mutex<std::collections::VecDeque<crate::model::Event>>>,
     /// Graceful or terminate: start nothing new.
     stop_new: CancellationToken,
     /// Terminate: abort the work in flight.
@@ -108,7 +109,7 @@ impl Live {
         Self {
             lease,
             seq: watch::Sender::new(0),
-            recent: Mutex::default(),
+            recent: Arc::default(),
             stop_new: CancellationToken::new(),
             abort: CancellationToken::new(),
             lost: CancellationToken::new(),

@@ -9,8 +9,8 @@ use sqlx::PgConnection;
 use super::{PostgresStore, classify, pg_text};
 use crate::error::ExecutorError;
 use crate::model::{
-    CancelMode, Event, EventKind, ExecutionRecord, ExecutionStatus, ListQuery, NewExecution,
-    NodeRunRecord, NodeStatus, Transition,
+    CancelMode, Event, ExecutionRecord, ExecutionStatus, ListQuery, NewExecution, NodeRunRecord,
+    NodeStatus, Transition,
 };
 use crate::store::ExecutorStore;
 use crate::store::leases::Lease;
@@ -30,10 +30,8 @@ impl ExecutorStore for PostgresStore {
             .as_ref()
             .map(|o| o.schedule_id.clone())
             .unwrap_or_default();
-        let started = encode_json(&EventKind::ExecutionStarted {
-            execution_id: new.id.clone(),
-            idempotency_key: new.idempotency_key.clone(),
-        })?;
+        let started =
+            encode_json(&Event::started(&new.id, &new.idempotency_key, new.created_ms).kind)?;
         let record = transaction!(self, |tx| {
             let inserted = sqlx::query(
                 "INSERT INTO executions (id, idempotency_key, fingerprint, action, origin,

@@ -10,8 +10,8 @@ use super::apply::apply;
 use super::{SqliteStore, ensure_open, query_all, query_opt};
 use crate::error::ExecutorError;
 use crate::model::{
-    CancelMode, Event, EventKind, ExecutionRecord, ExecutionStatus, ListQuery, NewExecution,
-    NodeRunRecord, Transition,
+    CancelMode, Event, ExecutionRecord, ExecutionStatus, ListQuery, NewExecution, NodeRunRecord,
+    Transition,
 };
 use crate::store::ExecutorStore;
 use crate::store::leases::Lease;
@@ -117,10 +117,8 @@ impl ExecutorStore for SqliteStore {
             .map(|o| o.schedule_id.clone())
             .unwrap_or_default();
         let pipeline = new.pipeline.as_ref().map(encode_json).transpose()?;
-        let started = encode_json(&EventKind::ExecutionStarted {
-            execution_id: new.id.clone(),
-            idempotency_key: new.idempotency_key.clone(),
-        })?;
+        let started =
+            encode_json(&Event::started(&new.id, &new.idempotency_key, new.created_ms).kind)?;
 
         let new = new.clone();
         let closed = self.closed_flag();
