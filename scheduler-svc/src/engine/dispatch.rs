@@ -364,13 +364,22 @@ impl Dispatcher {
             };
             seen_seq = seen_seq.max(job.last_seq);
             match self.follow(&job, epoch, seen_seq, writer).await {
+                // A success ends the run: nothing more to read.
+                Followed::Finished {
+                    committed: true,
+                    succeeded: true,
+                } => return,
                 // The run may go on with a new attempt (a retry): this task drives it.
-                Followed::Finished { committed: true } => {
+                Followed::Finished {
+                    committed: true, ..
+                } => {
                     backoff = MIN_BACKOFF;
                     seen_seq = 0;
                     finished_attempt = Some(job.attempt);
                 }
-                Followed::Finished { committed: false } => return,
+                Followed::Finished {
+                    committed: false, ..
+                } => return,
                 Followed::Broken { seq, error } => {
                     if seq > seen_seq {
                         backoff = MIN_BACKOFF;
@@ -430,7 +439,10 @@ impl Dispatcher {
                         outcome,
                     })
                     .await;
-                return Followed::Finished { committed };
+                return Followed::Finished {
+                    committed,
+                    succeeded: false,
+                };
             }
         };
         let mut seq = after_seq;
@@ -482,7 +494,10 @@ impl Dispatcher {
                             tracing::info!(run_id = %job.run_id, attempt = job.attempt, status = ?status, "attempt finished");
                         }
                     }
-                    return Followed::Finished { committed };
+                    return Followed::Finished {
+                        committed,
+                        succeeded: status == RunStatus::Succeeded,
+                    };
                 }
                 Ok(ExecEvent::Other { seq: s }) => seq = seq.max(s),
                 Err(e) => {
@@ -501,9 +516,11 @@ impl Dispatcher {
 }
 
 enum Followed {
-    /// The attempt ended; `committed` when its end is in the ledger.
+    /// The attempt ended; `committed` when its end is in the ledger, `succeeded` when it
+    /// succeeded (and so ended its run).
     Finished {
         committed: bool,
+        succeeded: bool,
     },
     Broken {
         seq: u64,

@@ -173,6 +173,15 @@ pub async fn promote_next(
     schedule_id: &str,
     now_ms: i64,
 ) -> Result<Option<String>, StoreError> {
+    // Most schedules buffer nothing: that (partial) index answers first.
+    let next = conn
+        .fetch_optional(
+            "SELECT id FROM runs WHERE schedule_id = $1 AND status = 'BUFFERED' \
+             ORDER BY nominal_ms, id LIMIT 1",
+            params![schedule_id],
+        )
+        .await?;
+    let Some(row) = next else { return Ok(None) };
     let busy = conn
         .fetch_optional(
             "SELECT id FROM runs WHERE schedule_id = $1 AND status IN ('PENDING', 'RUNNING') \
@@ -183,14 +192,6 @@ pub async fn promote_next(
     if busy.is_some() {
         return Ok(None);
     }
-    let next = conn
-        .fetch_optional(
-            "SELECT id FROM runs WHERE schedule_id = $1 AND status = 'BUFFERED' \
-             ORDER BY nominal_ms, id LIMIT 1",
-            params![schedule_id],
-        )
-        .await?;
-    let Some(row) = next else { return Ok(None) };
     let run_id: String = col(&row, "id")?;
     let timeout = load_schedule(conn, schedule_id)
         .await?
