@@ -238,3 +238,37 @@ pub(crate) fn classify(e: rusqlite::Error) -> StoreError {
         StoreError::Database(e.into())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sql::outcomes::{BUFFERED_RUNS, RUNS_IN_FLIGHT};
+
+    /// The statements every fire runs that look up one schedule's runs go through their
+    /// partial indexes, never through `runs_by_schedule`: that would walk every run the
+    /// schedule keeps, a cost that grows with its history (SQLite has no statistics here
+    /// to tell it better).
+    #[tokio::test]
+    async fn per_fire_lookups_of_a_schedules_runs_use_their_partial_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scheduler.db");
+        drop(SqliteStore::open(&path, false).await.unwrap());
+        let conn = Connection::open(&path).unwrap();
+        for (sql, index) in [
+            (BUFFERED_RUNS, "runs_buffered"),
+            (RUNS_IN_FLIGHT, "runs_in_flight"),
+        ] {
+            let mut plan = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let steps: Vec<String> = plan
+                .query_map(["s"], |row| row.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let probe = format!("SEARCH runs USING INDEX {index} (schedule_id=?");
+            assert!(
+                steps.len() == 1 && steps[0].starts_with(&probe),
+                "{sql}: {steps:?}"
+            );
+        }
+    }
+}

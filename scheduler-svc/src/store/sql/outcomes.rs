@@ -167,6 +167,16 @@ pub async fn finish_attempt(
     Ok(effects)
 }
 
+/// A schedule's BUFFERED runs, unordered: with an ORDER BY, SQLite (no statistics) walks
+/// every run the schedule ever kept instead of the partial index `runs_buffered`.
+pub const BUFFERED_RUNS: &str = "SELECT id, nominal_ms FROM runs \
+     WHERE schedule_id = $1 AND status = 'BUFFERED'";
+
+/// A schedule's runs in flight, unordered (through the partial index `runs_in_flight`,
+/// for the same reason).
+pub const RUNS_IN_FLIGHT: &str = "SELECT id, nominal_ms FROM runs \
+     WHERE schedule_id = $1 AND status IN ('PENDING', 'RUNNING')";
+
 /// Starts the oldest BUFFERED run of a schedule when nothing of it is in flight.
 pub async fn promote_next(
     conn: &mut dyn Conn,
@@ -174,25 +184,24 @@ pub async fn promote_next(
     now_ms: i64,
 ) -> Result<Option<String>, StoreError> {
     // Most schedules buffer nothing: that (partial) index answers first.
-    let next = conn
-        .fetch_optional(
-            "SELECT id FROM runs WHERE schedule_id = $1 AND status = 'BUFFERED' \
-             ORDER BY nominal_ms, id LIMIT 1",
-            params![schedule_id],
-        )
-        .await?;
-    let Some(row) = next else { return Ok(None) };
-    let busy = conn
-        .fetch_optional(
-            "SELECT id FROM runs WHERE schedule_id = $1 AND status IN ('PENDING', 'RUNNING') \
-             LIMIT 1",
-            params![schedule_id],
-        )
-        .await?;
-    if busy.is_some() {
+    let buffered = conn.fetch_all(BUFFERED_RUNS, params![schedule_id]).await?;
+    let mut oldest: Option<(i64, String)> = None;
+    for row in &buffered {
+        let run = (col::<i64>(row, "nominal_ms")?, col::<String>(row, "id")?);
+        if oldest.as_ref().is_none_or(|o| run < *o) {
+            oldest = Some(run);
+        }
+    }
+    let Some((_, run_id)) = oldest else {
+        return Ok(None);
+    };
+    if !conn
+        .fetch_all(RUNS_IN_FLIGHT, params![schedule_id])
+        .await?
+        .is_empty()
+    {
         return Ok(None);
     }
-    let run_id: String = col(&row, "id")?;
     let timeout = load_schedule(conn, schedule_id)
         .await?
         .and_then(|s| s.policy.timeout_ms);

@@ -1,6 +1,7 @@
 //! Reading and writing schedule rows, and what a schedule has in flight: the pieces every
 //! decision starts from.
 
+use super::outcomes::{BUFFERED_RUNS, RUNS_IN_FLIGHT};
 use super::rows::{SCHEDULE_COLUMNS, col, schedule_from_row, state_str};
 use super::{Conn, params};
 use crate::engine::overlap::InFlight;
@@ -85,21 +86,16 @@ pub async fn in_flight_state(
     conn: &mut dyn Conn,
     schedule_id: &str,
 ) -> Result<InFlight, StoreError> {
-    let rows = conn
-        .fetch_all(
-            "SELECT id, status FROM runs WHERE schedule_id = $1 \
-             AND status IN ('PENDING', 'RUNNING', 'BUFFERED') ORDER BY nominal_ms",
-            params![schedule_id],
-        )
-        .await?;
-    let mut state = InFlight::default();
+    // Two index probes, each on its partial index (see `RUNS_IN_FLIGHT`), ordered here.
+    let rows = conn.fetch_all(RUNS_IN_FLIGHT, params![schedule_id]).await?;
+    let mut running = Vec::with_capacity(rows.len());
     for row in &rows {
-        let status: String = col(row, "status")?;
-        if status == "BUFFERED" {
-            state.buffered += 1;
-        } else {
-            state.running.push(col(row, "id")?);
-        }
+        running.push((col::<i64>(row, "nominal_ms")?, col::<String>(row, "id")?));
     }
-    Ok(state)
+    running.sort_unstable();
+    let buffered = conn.fetch_all(BUFFERED_RUNS, params![schedule_id]).await?;
+    Ok(InFlight {
+        running: running.into_iter().map(|(_, id)| id).collect(),
+        buffered: u32::try_from(buffered.len()).unwrap_or(u32::MAX),
+    })
 }
