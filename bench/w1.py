@@ -24,6 +24,7 @@ import importlib
 import json
 import math
 import os
+import sqlite3
 import sys
 import time
 
@@ -59,6 +60,25 @@ def create_schedules(stub, pb, action_pb, duration_pb, n, spread, sink_url):
     return time.time() - started
 
 
+def add_history(db, per_schedule):
+    """Writes `per_schedule` SUCCEEDED runs, a second apart and ending an hour ago, for
+    every schedule of the ledger at `db` (written beside the running scheduler: SQLite
+    serialises the writers)."""
+    end_ms = int(time.time() * 1000) - 3_600_000
+    conn = sqlite3.connect(db, timeout=60)
+    try:
+        ids = [r[0] for r in conn.execute("SELECT id FROM schedules")]
+        for sid in ids:
+            with conn:  # a transaction per schedule: the scheduler's writes go on between
+                conn.executemany(
+                    "INSERT INTO runs (id, schedule_id, nominal_ms, trigger, status, attempt, "
+                    "created_ms, finished_ms) VALUES (?, ?, ?, 'SCHEDULED', 'SUCCEEDED', 1, ?, ?)",
+                    ((f"{sid}-h{k}", sid, end_ms - k * 1000, end_ms, end_ms)
+                     for k in range(per_schedule)))
+    finally:
+        conn.close()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, required=True)
@@ -70,6 +90,9 @@ def main():
     ap.add_argument("--almanac", default=os.path.join(ROOT, "target", "release", "almanac"))
     ap.add_argument("--sink", default=os.environ.get("SINK_BIN", "/tmp/peers-target/release/sink"))
     ap.add_argument("--database-url", default=None, help="PostgreSQL for both services (default: SQLite files)")
+    ap.add_argument("--history", type=int, default=0,
+                    help="finished runs each schedule already has in its ledger (SQLite only): "
+                         "what a schedule that fired for a day carries")
     ap.add_argument("--label", default=None)
     ap.add_argument("--out", default=None, help="append the JSON line to this file")
     a = ap.parse_args()
@@ -111,6 +134,10 @@ def main():
         scheduler_addr = line.split()[-1].removeprefix("http://")
         stub = rpc.SchedulerServiceStub(grpc.insecure_channel(scheduler_addr))
         create_s = create_schedules(stub, pb, action_pb, duration_pb2, a.n, a.spread, f"{base}/fire")
+        if a.history:
+            if a.database_url:
+                raise SystemExit("--history fills a SQLite ledger only")
+            add_history(os.path.join(work, "scheduler.db"), a.history)
 
         t0 = math.ceil(time.time()) + a.warmup
         t1 = t0 + a.duration
@@ -131,6 +158,7 @@ def main():
             "label": a.label or f"almanac-{'spread' if a.spread else 'burst'}-{a.n}",
             "backend": "postgres" if a.database_url else "sqlite",
             "n": a.n,
+            "history": a.history,
             "mode": "spread" if a.spread else "burst",
             "duration_s": a.duration,
             "create_s": round(create_s, 2),
