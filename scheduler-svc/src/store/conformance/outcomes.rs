@@ -230,9 +230,21 @@ async fn pruning_keeps_the_newest_and_never_runs_in_flight(store: Store) {
         }
         runs.push(run);
     }
+    // Two more schedules with runs: one bounded, one not (found, then left out).
+    let mut also = schedule("also-pruned", Some(T0));
+    also.policy.retention = Retention {
+        keep_last: 0,
+        max_age_ms: Some(MINUTE),
+    };
+    store.insert_schedule(&also).await.unwrap();
+    super::claim(&store, "also-pruned", T0).await;
+    super::manual_run(&store, "unbounded-fired", T0).await;
     assert_eq!(
         store.retained_schedules().await.unwrap(),
-        vec![("pruned".to_owned(), s.policy.retention)]
+        vec![
+            ("also-pruned".to_owned(), also.policy.retention),
+            ("pruned".to_owned(), s.policy.retention)
+        ]
     );
     // Finished: runs 0..4 (4 of them); run 4 is in flight and never pruned.
     assert_eq!(store.prune_runs("pruned", 2, None, 1).await.unwrap(), 1);
