@@ -35,29 +35,95 @@ impl Engine {
         Ok(event)
     }
 
-    /// A runner's write: commits `transition` only while the execution is held under the
-    /// runner's lease, then signals its watchers. A lost lease (another replica adopted
-    /// the execution) is `LeaseLost`, and marks the runner lost so that it stops at once.
+    /// Holds `transition` back, to be committed by the runner's next write in the same
+    /// transaction, before that write's own event. Nobody sees it until then. A runner
+    /// stages only what its next write follows at once (a single-node execution's node
+    /// result, then the execution's end): one transaction instead of two, and a crash
+    /// between the two loses no more than a crash just before the first would have.
+    pub(crate) fn stage(&self, live: &Live, transition: Transition) {
+        let at_ms = self.clock.now_ms();
+        lock(&live.staged).push((at_ms, transition));
+    }
+
+    /// Commits what the runner staged, if anything (a drive that ended on a store error
+    /// left it there: the next drive commits it before it reads the execution back).
+    pub(crate) async fn flush_staged(
+        &self,
+        live: &Live,
+        execution_id: &str,
+    ) -> Result<(), ExecutorError> {
+        let staged = std::mem::take(&mut *lock(&live.staged));
+        let Some((at_ms, last)) = staged.last().cloned() else {
+            return Ok(());
+        };
+        let mut rest = staged;
+        rest.pop();
+        self.commit_as(live, execution_id, rest, at_ms, last)
+            .await
+            .map(|_| ())
+    }
+
+    /// A runner's write: commits what it staged and `transition`, only while the
+    /// execution is held under the runner's lease, then signals its watchers. A lost lease
+    /// (another replica adopted the execution) is `LeaseLost`, and marks the runner lost so
+    /// that it stops at once.
     pub(crate) async fn write(
         &self,
         live: &Live,
         execution_id: &str,
         transition: Transition,
     ) -> Result<Event, ExecutorError> {
+        let at_ms = self.clock.now_ms();
+        let staged = std::mem::take(&mut *lock(&live.staged));
+        self.commit_as(live, execution_id, staged, at_ms, transition)
+            .await
+    }
+
+    /// Commits `staged` and then `transition` in one transaction under the runner's lease;
+    /// on a failure `staged` goes back, ahead of anything staged since, for a later write.
+    async fn commit_as(
+        &self,
+        live: &Live,
+        execution_id: &str,
+        staged: Vec<(i64, Transition)>,
+        at_ms: i64,
+        transition: Transition,
+    ) -> Result<Event, ExecutorError> {
         if live.lost.is_cancelled() {
             return Err(ExecutorError::LeaseLost(execution_id.to_owned()));
         }
-        let at_ms = self.clock.now_ms();
-        match self
-            .store
-            .append_as(execution_id, &live.lease, at_ms, transition)
-            .await
-        {
-            Ok(event) => {
+        let result = if staged.is_empty() {
+            self.store
+                .append_as(execution_id, &live.lease, at_ms, transition)
+                .await
+                .map(|event| vec![event])
+        } else {
+            let mut all = staged.clone();
+            all.push((at_ms, transition));
+            self.store
+                .append_all_as(execution_id, &live.lease, all)
+                .await
+        };
+        if result.is_err() && !staged.is_empty() {
+            let mut held = lock(&live.staged);
+            let later = std::mem::replace(&mut *held, staged);
+            held.extend(later);
+        }
+        match result.map(|mut events| {
+            let last = events.pop();
+            (events, last)
+        }) {
+            Ok((earlier, Some(event))) => {
+                for staged in &earlier {
+                    live.committed(staged);
+                }
                 live.committed(&event);
                 tracing::debug!(execution_id, seq = event.seq, "event appended");
                 Ok(event)
             }
+            Ok((_, None)) => Err(ExecutorError::Corrupt(format!(
+                "execution {execution_id}: an append returned no event"
+            ))),
             Err(ExecutorError::LeaseLost(id)) => {
                 tracing::warn!(
                     execution_id,
@@ -277,6 +343,11 @@ impl Watcher {
             }
         }
     }
+}
+
+/// Locks `mutex`, through a poisoning (its data are plain lists).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// How many committed events an execution's runner keeps for local watchers.

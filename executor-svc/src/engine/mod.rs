@@ -93,6 +93,9 @@ pub(crate) struct Live {
     /// of the store while they keep up (`events::Watcher`, which keeps it past the
     /// runner's end: it ends with the final event when the execution finished here).
     recent: Arc<Mutex<std::collections::VecDeque<crate::model::Event>>>,
+    /// Transitions (with their times) held back to be committed with this runner's next
+    /// write, in the same transaction (`Engine::stage`).
+    staged: Mutex<Vec<(i64, crate::model::Transition)>>,
     /// Graceful or terminate: start nothing new.
     stop_new: CancellationToken,
     /// Terminate: abort the work in flight.
@@ -110,6 +113,7 @@ impl Live {
             lease,
             seq: watch::Sender::new(0),
             recent: Arc::default(),
+            staged: Mutex::default(),
             stop_new: CancellationToken::new(),
             abort: CancellationToken::new(),
             lost: CancellationToken::new(),

@@ -386,7 +386,13 @@ async fn attempt_once(s: &Shared<'_>, node: &PlanNode, start: &NodeStart) -> Res
             retryable: true,
         },
     };
-    s.engine.write(s.live, &s.record.id, transition).await?;
+    if s.plan.single && matches!(outcome, Outcome::Succeeded(_)) {
+        // The execution's end is the runner's next write: the result goes with it, in
+        // one transaction.
+        s.engine.stage(s.live, transition);
+    } else {
+        s.engine.write(s.live, &s.record.id, transition).await?;
+    }
     Ok(outcome)
 }
 

@@ -104,6 +104,8 @@ async fn drive(
     live: &Live,
     fresh: Option<ExecutionRecord>,
 ) -> Result<(), Stop> {
+    // What an earlier drive staged and could not commit comes first.
+    engine.flush_staged(live, id).await?;
     let (record, mut runs) = match fresh {
         Some(record) => (record, Vec::new()),
         None => match engine.store.get_execution(id).await? {

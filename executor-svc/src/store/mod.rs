@@ -88,6 +88,16 @@ pub trait ExecutorStore: TaskStore + PipelineStore + LeaseStore + Send + Sync + 
         transition: Transition,
     ) -> Result<Event, ExecutorError>;
 
+    /// `append_as` of several transitions (each with its time), in order, in one
+    /// transaction: all their events or none. A runner commits a single-node execution's
+    /// node result together with its end this way.
+    async fn append_all_as(
+        &self,
+        execution_id: &str,
+        lease: &Lease,
+        transitions: Vec<(i64, Transition)>,
+    ) -> Result<Vec<Event>, ExecutorError>;
+
     /// Records a cancellation request durably (the stronger mode wins; the first reason is
     /// kept) and returns the execution as it is now. A finished execution is returned
     /// unchanged.

@@ -80,6 +80,38 @@ async fn a_fenced_append_applies_only_under_the_current_owner_and_epoch(h) {
     assert!(matches!(missing, ExecutorError::NotFound(_)), "{missing:?}");
 }
 
+async fn several_transitions_append_in_one_transaction_or_not_at_all(h) {
+    let store = h.open().await;
+    create(store.as_ref(), &["e1"]).await;
+    let held = lease("replica-a", 1);
+    store.append_as("e1", &held, 2_000, started(1)).await.unwrap();
+    let succeeded = Transition::NodeSucceeded {
+        node_id: "action".into(),
+        attempt: 1,
+        output: serde_json::json!({"status": 200}),
+        duration_ms: 5,
+    };
+    let done = Transition::ExecutionFinished {
+        status: ExecutionStatus::Succeeded,
+        result: Some(serde_json::json!({"status": 200})),
+        error: String::new(),
+        retryable: false,
+    };
+    let both = vec![(2_005, succeeded.clone()), (2_006, done.clone())];
+    let refused = store.append_all_as("e1", &lease("replica-b", 1), both.clone()).await.unwrap_err();
+    assert!(matches!(refused, ExecutorError::LeaseLost(_)), "{refused:?}");
+    assert_eq!(store.get_execution("e1").await.unwrap().unwrap().last_seq, 2, "nothing of a refused pair");
+    let events = store.append_all_as("e1", &held, both.clone()).await.unwrap();
+    assert_eq!(events.iter().map(|e| (e.seq, e.at_ms)).collect::<Vec<_>>(), [(3, 2_005), (4, 2_006)]);
+    assert_eq!(store.events_after("e1", 2, 10).await.unwrap(), events, "as stored");
+    let record = store.get_execution("e1").await.unwrap().unwrap();
+    assert_eq!((record.status, record.last_seq), (ExecutionStatus::Succeeded, 4));
+    let runs = store.node_runs("e1").await.unwrap();
+    assert_eq!(runs[0].status, crate::model::NodeStatus::Succeeded);
+    let after = store.append_all_as("e1", &held, both).await.unwrap_err();
+    assert!(matches!(after, ExecutorError::AlreadyFinished(_)), "{after:?}");
+}
+
 async fn renewals_move_only_the_named_leases_and_report_cancellations(h) {
     let store = h.open().await;
     create(store.as_ref(), &["e1", "e2", "e3"]).await;

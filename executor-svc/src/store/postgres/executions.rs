@@ -169,8 +169,10 @@ impl ExecutorStore for PostgresStore {
         at_ms: i64,
         transition: Transition,
     ) -> Result<Event, ExecutorError> {
-        self.append_fenced(execution_id, None, at_ms, transition)
-            .await
+        let mut events = self
+            .append_fenced(execution_id, None, vec![(at_ms, transition)])
+            .await?;
+        Ok(events.remove(0))
     }
 
     async fn append_as(
@@ -180,7 +182,19 @@ impl ExecutorStore for PostgresStore {
         at_ms: i64,
         transition: Transition,
     ) -> Result<Event, ExecutorError> {
-        self.append_fenced(execution_id, Some(lease), at_ms, transition)
+        let mut events = self
+            .append_fenced(execution_id, Some(lease), vec![(at_ms, transition)])
+            .await?;
+        Ok(events.remove(0))
+    }
+
+    async fn append_all_as(
+        &self,
+        execution_id: &str,
+        lease: &Lease,
+        transitions: Vec<(i64, Transition)>,
+    ) -> Result<Vec<Event>, ExecutorError> {
+        self.append_fenced(execution_id, Some(lease), transitions)
             .await
     }
 
@@ -252,17 +266,27 @@ impl ExecutorStore for PostgresStore {
 }
 
 impl PostgresStore {
-    /// `append`, fenced by `lease` when one is given.
+    /// `append` of `transitions` in order, all in one transaction, fenced by `lease` when
+    /// one is given.
     async fn append_fenced(
         &self,
         execution_id: &str,
         lease: Option<&Lease>,
-        at_ms: i64,
-        transition: Transition,
-    ) -> Result<Event, ExecutorError> {
-        let kind = transition.event_kind();
-        let payload = encode_json(&kind)?;
-        let seq = transaction!(self, |tx| {
+        transitions: Vec<(i64, Transition)>,
+    ) -> Result<Vec<Event>, ExecutorError> {
+        let mut events = Vec::with_capacity(transitions.len());
+        let mut payloads = Vec::with_capacity(transitions.len());
+        for (at_ms, transition) in &transitions {
+            let kind = transition.event_kind();
+            payloads.push(encode_json(&kind)?);
+            events.push(Event {
+                execution_id: execution_id.to_owned(),
+                seq: 0,
+                at_ms: *at_ms,
+                kind,
+            });
+        }
+        let first = transaction!(self, |tx| {
             // The row lock makes concurrent appends to this execution queue here.
             let Some(current) = fetch_execution(&mut tx, execution_id, true).await? else {
                 return Err(ExecutorError::NotFound(format!("execution {execution_id}")));
@@ -275,32 +299,34 @@ impl PostgresStore {
             if current.status.is_finished() {
                 return Err(ExecutorError::AlreadyFinished(execution_id.to_owned()));
             }
-            let seq = current.last_seq + 1;
-            apply(&mut tx, execution_id, at_ms, &transition).await?;
-            sqlx::query(
-                "INSERT INTO events (execution_id, seq, at_ms, payload) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(execution_id)
-            .bind(seq as i64)
-            .bind(at_ms)
-            .bind(&payload)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
+            let first = current.last_seq + 1;
+            let mut seq = current.last_seq;
+            for ((at_ms, transition), payload) in transitions.iter().zip(&payloads) {
+                seq += 1;
+                apply(&mut tx, execution_id, *at_ms, transition).await?;
+                sqlx::query(
+                    "INSERT INTO events (execution_id, seq, at_ms, payload) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(execution_id)
+                .bind(seq as i64)
+                .bind(*at_ms)
+                .bind(payload)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+            }
             sqlx::query("UPDATE executions SET last_seq = $2 WHERE id = $1")
                 .bind(execution_id)
                 .bind(seq as i64)
                 .execute(&mut *tx)
                 .await
                 .map_err(classify)?;
-            Ok(seq)
+            Ok(first)
         })?;
-        Ok(Event {
-            execution_id: execution_id.to_owned(),
-            seq,
-            at_ms,
-            kind,
-        })
+        for (event, seq) in events.iter_mut().zip(first..) {
+            event.seq = seq;
+        }
+        Ok(events)
     }
 }
 

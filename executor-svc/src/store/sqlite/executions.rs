@@ -29,21 +29,31 @@ fn fetch_execution(conn: &Connection, id: &str) -> Result<Option<ExecutionRecord
 }
 
 impl SqliteStore {
-    /// `append`, fenced by `lease` when one is given. Group-committed: the appends of
-    /// every execution in flight share transactions (see `almanac_sqlite::group`).
+    /// `append` of `transitions` in order, all in one transaction, fenced by `lease` when
+    /// one is given. Group-committed: the appends of every execution in flight share
+    /// transactions (see `almanac_sqlite::group`).
     async fn append_fenced(
         &self,
         execution_id: &str,
         lease: Option<&Lease>,
-        at_ms: i64,
-        transition: Transition,
-    ) -> Result<Event, ExecutorError> {
-        let kind = transition.event_kind();
-        let payload = encode_json(&kind)?;
+        transitions: Vec<(i64, Transition)>,
+    ) -> Result<Vec<Event>, ExecutorError> {
+        let mut events = Vec::with_capacity(transitions.len());
+        let mut payloads = Vec::with_capacity(transitions.len());
+        for (at_ms, transition) in &transitions {
+            let kind = transition.event_kind();
+            payloads.push(encode_json(&kind)?);
+            events.push(Event {
+                execution_id: execution_id.to_owned(),
+                seq: 0,
+                at_ms: *at_ms,
+                kind,
+            });
+        }
         let id = execution_id.to_owned();
         let lease = lease.cloned();
         let closed = self.closed_flag();
-        let seq = self
+        let first = self
             .db
             .write_grouped(move |tx| {
                 ensure_open(&closed)?;
@@ -59,23 +69,25 @@ impl SqliteStore {
                 if current.status.is_finished() {
                     return Err(ExecutorError::AlreadyFinished(id));
                 }
-                let seq = current.last_seq + 1;
-                apply(tx, &id, at_ms, &transition)?;
-                tx.prepare_cached(
-                    "INSERT INTO events (execution_id, seq, at_ms, payload) VALUES (?1, ?2, ?3, ?4)",
-                )?
-                .execute(params![id, seq as i64, at_ms, payload])?;
+                let first = current.last_seq + 1;
+                let mut seq = current.last_seq;
+                for ((at_ms, transition), payload) in transitions.iter().zip(&payloads) {
+                    seq += 1;
+                    apply(tx, &id, *at_ms, transition)?;
+                    tx.prepare_cached(
+                        "INSERT INTO events (execution_id, seq, at_ms, payload) VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![id, seq as i64, at_ms, payload])?;
+                }
                 tx.prepare_cached("UPDATE executions SET last_seq = ?2 WHERE id = ?1")?
                     .execute(params![id, seq as i64])?;
-                Ok(seq)
+                Ok(first)
             })
             .await?;
-        Ok(Event {
-            execution_id: execution_id.to_owned(),
-            seq,
-            at_ms,
-            kind,
-        })
+        for (event, seq) in events.iter_mut().zip(first..) {
+            event.seq = seq;
+        }
+        Ok(events)
     }
 }
 
@@ -253,8 +265,10 @@ impl ExecutorStore for SqliteStore {
         at_ms: i64,
         transition: Transition,
     ) -> Result<Event, ExecutorError> {
-        self.append_fenced(execution_id, None, at_ms, transition)
-            .await
+        let mut events = self
+            .append_fenced(execution_id, None, vec![(at_ms, transition)])
+            .await?;
+        Ok(events.remove(0))
     }
 
     async fn append_as(
@@ -264,7 +278,19 @@ impl ExecutorStore for SqliteStore {
         at_ms: i64,
         transition: Transition,
     ) -> Result<Event, ExecutorError> {
-        self.append_fenced(execution_id, Some(lease), at_ms, transition)
+        let mut events = self
+            .append_fenced(execution_id, Some(lease), vec![(at_ms, transition)])
+            .await?;
+        Ok(events.remove(0))
+    }
+
+    async fn append_all_as(
+        &self,
+        execution_id: &str,
+        lease: &Lease,
+        transitions: Vec<(i64, Transition)>,
+    ) -> Result<Vec<Event>, ExecutorError> {
+        self.append_fenced(execution_id, Some(lease), transitions)
             .await
     }
 
