@@ -6,7 +6,8 @@
 #   bench/side_by_side.sh                      # burst N=100,1000,5000,10000; spread 1000,5000,10000
 #   NS="100 1000" SPREAD_NS="" bench/side_by_side.sh
 #   PEERS=0 bench/side_by_side.sh              # Almanac rows only
-#   DATABASE_URL=postgres://… bench/side_by_side.sh   # Almanac on PostgreSQL as well
+#   DATABASE_URL=postgres://…/postgres bench/side_by_side.sh   # Almanac on PostgreSQL as well
+#                                              (a fresh database per configuration, made with psql)
 #
 # Results: $RESULTS_DIR (default target/bench-results)/w1-<stamp>.jsonl and .md.
 # About 50 s per configuration (5 s warm-up, 30 s window, 5 s drain, start-up); the full
@@ -60,9 +61,15 @@ almanac() {  # N spread(0/1) [w1 args]
     || echo "!! almanac N=$n failed" >&2
 }
 
+pg_fresh() {  # a new, empty database on DATABASE_URL's server: its URL (needs psql)
+  local name
+  name="almanac_w1_$(date -u +%Y%m%d%H%M%S)_$RANDOM"
+  psql -q "$DATABASE_URL" -c "CREATE DATABASE $name" >&2
+  echo "${DATABASE_URL%/*}/$name"
+}
 for n in $NS; do
   almanac "$n" 0
-  [ -n "${DATABASE_URL:-}" ] && almanac "$n" 0 --database-url "$DATABASE_URL" --label "almanac-pg-burst-$n"
+  [ -n "${DATABASE_URL:-}" ] && almanac "$n" 0 --database-url "$(pg_fresh)" --label "almanac-pg-burst-$n"
   if [ "$PEERS" = 1 ]; then
     peer apscheduler-interval apscheduler "$n" 0 "--trigger interval"
     peer tcs-chan32768 tcs "$n" 0 "--channel-size 32768"
@@ -70,7 +77,7 @@ for n in $NS; do
 done
 for n in $SPREAD_NS; do
   almanac "$n" 1
-  [ -n "${DATABASE_URL:-}" ] && almanac "$n" 1 --database-url "$DATABASE_URL" --label "almanac-pg-spread-$n"
+  [ -n "${DATABASE_URL:-}" ] && almanac "$n" 1 --database-url "$(pg_fresh)" --label "almanac-pg-spread-$n"
   if [ "$PEERS" = 1 ]; then
     peer apscheduler-interval-spread apscheduler "$n" 1 "--trigger interval"
     peer tcs-chan32768-spread tcs "$n" 1 "--channel-size 32768"
