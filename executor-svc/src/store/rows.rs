@@ -14,6 +14,7 @@ use super::tasks::{NewTask, ProcessGroupRecord, TaskRecord, TaskStatus};
 use crate::error::ExecutorError;
 use crate::model::{
     CancelMode, Event, EventKind, ExecutionRecord, ExecutionStatus, NodeRunRecord, NodeStatus,
+    Transition,
 };
 
 /// The columns `execution_from_row` reads, in a SELECT list.
@@ -108,6 +109,35 @@ fn corrupt(column: &str, e: impl std::fmt::Display) -> ExecutorError {
 }
 
 /// JSON text of a value (proto messages use their canonical proto3 JSON).
+/// The events `transitions` append to `execution_id` (their seqs still 0: `numbered`
+/// gives them once the transaction knows the first), and each event's payload as stored.
+pub(crate) fn events_of(
+    execution_id: &str,
+    transitions: &[(i64, Transition)],
+) -> Result<(Vec<Event>, Vec<String>), ExecutorError> {
+    let mut events = Vec::with_capacity(transitions.len());
+    let mut payloads = Vec::with_capacity(transitions.len());
+    for (at_ms, transition) in transitions {
+        let kind = transition.event_kind();
+        payloads.push(encode_json(&kind)?);
+        events.push(Event {
+            execution_id: execution_id.to_owned(),
+            seq: 0,
+            at_ms: *at_ms,
+            kind,
+        });
+    }
+    Ok((events, payloads))
+}
+
+/// `events` with their seqs, from `first` on.
+pub(crate) fn numbered(mut events: Vec<Event>, first: u64) -> Vec<Event> {
+    for (event, seq) in events.iter_mut().zip(first..) {
+        event.seq = seq;
+    }
+    events
+}
+
 pub(crate) fn encode_json<T: Serialize + ?Sized>(value: &T) -> Result<String, ExecutorError> {
     serde_json::to_string(value).map_err(|e| ExecutorError::Corrupt(format!("encode json: {e}")))
 }

@@ -15,8 +15,8 @@ use crate::model::{
 use crate::store::ExecutorStore;
 use crate::store::leases::Lease;
 use crate::store::rows::{
-    EXECUTION_COLUMNS, NODE_RUN_COLUMNS, encode_json, event_from_row, execution_from_row,
-    node_run_from_row,
+    EXECUTION_COLUMNS, NODE_RUN_COLUMNS, encode_json, event_from_row, events_of,
+    execution_from_row, node_run_from_row, numbered,
 };
 
 #[async_trait]
@@ -274,18 +274,7 @@ impl PostgresStore {
         lease: Option<&Lease>,
         transitions: Vec<(i64, Transition)>,
     ) -> Result<Vec<Event>, ExecutorError> {
-        let mut events = Vec::with_capacity(transitions.len());
-        let mut payloads = Vec::with_capacity(transitions.len());
-        for (at_ms, transition) in &transitions {
-            let kind = transition.event_kind();
-            payloads.push(encode_json(&kind)?);
-            events.push(Event {
-                execution_id: execution_id.to_owned(),
-                seq: 0,
-                at_ms: *at_ms,
-                kind,
-            });
-        }
+        let (events, payloads) = events_of(execution_id, &transitions)?;
         let first = transaction!(self, |tx| {
             // The row lock makes concurrent appends to this execution queue here.
             let Some(current) = fetch_execution(&mut tx, execution_id, true).await? else {
@@ -323,10 +312,7 @@ impl PostgresStore {
                 .map_err(classify)?;
             Ok(first)
         })?;
-        for (event, seq) in events.iter_mut().zip(first..) {
-            event.seq = seq;
-        }
-        Ok(events)
+        Ok(numbered(events, first))
     }
 }
 

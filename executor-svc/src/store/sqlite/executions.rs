@@ -16,8 +16,8 @@ use crate::model::{
 use crate::store::ExecutorStore;
 use crate::store::leases::Lease;
 use crate::store::rows::{
-    EXECUTION_COLUMNS, NODE_RUN_COLUMNS, SqliteRow, encode_json, event_from_row,
-    execution_from_row, node_run_from_row,
+    EXECUTION_COLUMNS, NODE_RUN_COLUMNS, SqliteRow, encode_json, event_from_row, events_of,
+    execution_from_row, node_run_from_row, numbered,
 };
 
 /// One execution by id, on `conn` (a reader, or the writer inside a transaction).
@@ -38,18 +38,7 @@ impl SqliteStore {
         lease: Option<&Lease>,
         transitions: Vec<(i64, Transition)>,
     ) -> Result<Vec<Event>, ExecutorError> {
-        let mut events = Vec::with_capacity(transitions.len());
-        let mut payloads = Vec::with_capacity(transitions.len());
-        for (at_ms, transition) in &transitions {
-            let kind = transition.event_kind();
-            payloads.push(encode_json(&kind)?);
-            events.push(Event {
-                execution_id: execution_id.to_owned(),
-                seq: 0,
-                at_ms: *at_ms,
-                kind,
-            });
-        }
+        let (events, payloads) = events_of(execution_id, &transitions)?;
         let id = execution_id.to_owned();
         let lease = lease.cloned();
         let closed = self.closed_flag();
@@ -84,10 +73,7 @@ impl SqliteStore {
                 Ok(first)
             })
             .await?;
-        for (event, seq) in events.iter_mut().zip(first..) {
-            event.seq = seq;
-        }
-        Ok(events)
+        Ok(numbered(events, first))
     }
 }
 
