@@ -65,38 +65,59 @@ pub trait ExecutorStore: TaskStore + PipelineStore + LeaseStore + Send + Sync + 
         limit: u32,
     ) -> Result<Vec<Event>, ExecutorError>;
 
-    /// Appends the event of `transition` with the next seq and applies the row updates it
-    /// implies, in one transaction. An unknown execution is `NotFound`; a finished one is
+    /// Appends the events of `transitions` (each with its time) with the next seqs, in
+    /// order, and applies the row updates they imply, in one transaction: all or nothing.
+    /// With `lease`, it applies only while the execution is still held under it (same
+    /// owner, same epoch); otherwise nothing is written and the answer is
+    /// `ExecutorError::LeaseLost`. An unknown execution is `NotFound`; a finished one is
     /// `AlreadyFinished` (nothing is ever appended after `ExecutionFinished`).
-    /// This is the unfenced form, for writers that do not run the execution (a worker's
+    async fn append_all(
+        &self,
+        execution_id: &str,
+        lease: Option<&Lease>,
+        transitions: Vec<(i64, Transition)>,
+    ) -> Result<Vec<Event>, ExecutorError>;
+
+    /// One transition, unfenced: for writers that do not run the execution (a worker's
     /// progress report) and for tests.
     async fn append(
         &self,
         execution_id: &str,
         at_ms: i64,
         transition: Transition,
-    ) -> Result<Event, ExecutorError>;
+    ) -> Result<Event, ExecutorError> {
+        let events = self
+            .append_all(execution_id, None, vec![(at_ms, transition)])
+            .await?;
+        only(events)
+    }
 
-    /// `append`, fenced: it applies only while the execution is still held under `lease`
-    /// (same owner, same epoch); otherwise nothing is written and the answer is
-    /// `ExecutorError::LeaseLost`. Every write of a runner goes through here.
+    /// One transition, fenced by `lease`: every write of a runner goes through here (or
+    /// `append_all_as`).
     async fn append_as(
         &self,
         execution_id: &str,
         lease: &Lease,
         at_ms: i64,
         transition: Transition,
-    ) -> Result<Event, ExecutorError>;
+    ) -> Result<Event, ExecutorError> {
+        let events = self
+            .append_all(execution_id, Some(lease), vec![(at_ms, transition)])
+            .await?;
+        only(events)
+    }
 
-    /// `append_as` of several transitions (each with its time), in order, in one
-    /// transaction: all their events or none. A runner commits a single-node execution's
-    /// node result together with its end this way.
+    /// Several transitions, fenced by `lease`, all or nothing: a runner commits a
+    /// single-node execution's node result together with its end this way.
     async fn append_all_as(
         &self,
         execution_id: &str,
         lease: &Lease,
         transitions: Vec<(i64, Transition)>,
-    ) -> Result<Vec<Event>, ExecutorError>;
+    ) -> Result<Vec<Event>, ExecutorError> {
+        self.append_all(execution_id, Some(lease), transitions)
+            .await
+    }
 
     /// Records a cancellation request durably (the stronger mode wins; the first reason is
     /// kept) and returns the execution as it is now. A finished execution is returned
@@ -116,4 +137,14 @@ pub trait ExecutorStore: TaskStore + PipelineStore + LeaseStore + Send + Sync + 
     /// Closes the store, waiting for writes in progress; later calls fail with
     /// `StoreUnavailable`.
     async fn close(&self);
+}
+
+/// The one event of a one-transition append.
+fn only(mut events: Vec<Event>) -> Result<Event, ExecutorError> {
+    match (events.pop(), events.is_empty()) {
+        (Some(event), true) => Ok(event),
+        _ => Err(ExecutorError::Corrupt(
+            "a one-transition append returned another number of events".into(),
+        )),
+    }
 }

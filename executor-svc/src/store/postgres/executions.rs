@@ -163,39 +163,51 @@ impl ExecutorStore for PostgresStore {
             .collect()
     }
 
-    async fn append(
+    async fn append_all(
         &self,
         execution_id: &str,
-        at_ms: i64,
-        transition: Transition,
-    ) -> Result<Event, ExecutorError> {
-        let mut events = self
-            .append_fenced(execution_id, None, vec![(at_ms, transition)])
-            .await?;
-        Ok(events.remove(0))
-    }
-
-    async fn append_as(
-        &self,
-        execution_id: &str,
-        lease: &Lease,
-        at_ms: i64,
-        transition: Transition,
-    ) -> Result<Event, ExecutorError> {
-        let mut events = self
-            .append_fenced(execution_id, Some(lease), vec![(at_ms, transition)])
-            .await?;
-        Ok(events.remove(0))
-    }
-
-    async fn append_all_as(
-        &self,
-        execution_id: &str,
-        lease: &Lease,
+        lease: Option<&Lease>,
         transitions: Vec<(i64, Transition)>,
     ) -> Result<Vec<Event>, ExecutorError> {
-        self.append_fenced(execution_id, Some(lease), transitions)
-            .await
+        let (events, payloads) = events_of(execution_id, &transitions)?;
+        let first = transaction!(self, |tx| {
+            // The row lock makes concurrent appends to this execution queue here.
+            let Some(current) = fetch_execution(&mut tx, execution_id, true).await? else {
+                return Err(ExecutorError::NotFound(format!("execution {execution_id}")));
+            };
+            if let Some(lease) = lease
+                && !lease.holds(&current)
+            {
+                return Err(ExecutorError::LeaseLost(execution_id.to_owned()));
+            }
+            if current.status.is_finished() {
+                return Err(ExecutorError::AlreadyFinished(execution_id.to_owned()));
+            }
+            let first = current.last_seq + 1;
+            let mut seq = current.last_seq;
+            for ((at_ms, transition), payload) in transitions.iter().zip(&payloads) {
+                seq += 1;
+                apply(&mut tx, execution_id, *at_ms, transition).await?;
+                sqlx::query(
+                    "INSERT INTO events (execution_id, seq, at_ms, payload) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(execution_id)
+                .bind(seq as i64)
+                .bind(*at_ms)
+                .bind(payload)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+            }
+            sqlx::query("UPDATE executions SET last_seq = $2 WHERE id = $1")
+                .bind(execution_id)
+                .bind(seq as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+            Ok(first)
+        })?;
+        Ok(numbered(events, first))
     }
 
     async fn request_cancel(
@@ -262,57 +274,6 @@ impl ExecutorStore for PostgresStore {
 
     async fn close(&self) {
         self.pool.close().await;
-    }
-}
-
-impl PostgresStore {
-    /// `append` of `transitions` in order, all in one transaction, fenced by `lease` when
-    /// one is given.
-    async fn append_fenced(
-        &self,
-        execution_id: &str,
-        lease: Option<&Lease>,
-        transitions: Vec<(i64, Transition)>,
-    ) -> Result<Vec<Event>, ExecutorError> {
-        let (events, payloads) = events_of(execution_id, &transitions)?;
-        let first = transaction!(self, |tx| {
-            // The row lock makes concurrent appends to this execution queue here.
-            let Some(current) = fetch_execution(&mut tx, execution_id, true).await? else {
-                return Err(ExecutorError::NotFound(format!("execution {execution_id}")));
-            };
-            if let Some(lease) = lease
-                && !lease.holds(&current)
-            {
-                return Err(ExecutorError::LeaseLost(execution_id.to_owned()));
-            }
-            if current.status.is_finished() {
-                return Err(ExecutorError::AlreadyFinished(execution_id.to_owned()));
-            }
-            let first = current.last_seq + 1;
-            let mut seq = current.last_seq;
-            for ((at_ms, transition), payload) in transitions.iter().zip(&payloads) {
-                seq += 1;
-                apply(&mut tx, execution_id, *at_ms, transition).await?;
-                sqlx::query(
-                    "INSERT INTO events (execution_id, seq, at_ms, payload) VALUES ($1, $2, $3, $4)",
-                )
-                .bind(execution_id)
-                .bind(seq as i64)
-                .bind(*at_ms)
-                .bind(payload)
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?;
-            }
-            sqlx::query("UPDATE executions SET last_seq = $2 WHERE id = $1")
-                .bind(execution_id)
-                .bind(seq as i64)
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?;
-            Ok(first)
-        })?;
-        Ok(numbered(events, first))
     }
 }
 

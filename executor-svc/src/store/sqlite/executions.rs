@@ -28,55 +28,6 @@ fn fetch_execution(conn: &Connection, id: &str) -> Result<Option<ExecutionRecord
     })
 }
 
-impl SqliteStore {
-    /// `append` of `transitions` in order, all in one transaction, fenced by `lease` when
-    /// one is given. Group-committed: the appends of every execution in flight share
-    /// transactions (see `almanac_sqlite::group`).
-    async fn append_fenced(
-        &self,
-        execution_id: &str,
-        lease: Option<&Lease>,
-        transitions: Vec<(i64, Transition)>,
-    ) -> Result<Vec<Event>, ExecutorError> {
-        let (events, payloads) = events_of(execution_id, &transitions)?;
-        let id = execution_id.to_owned();
-        let lease = lease.cloned();
-        let closed = self.closed_flag();
-        let first = self
-            .db
-            .write_grouped(move |tx| {
-                ensure_open(&closed)?;
-                let Some(current) = fetch_state(tx, &id)? else {
-                    return Err(ExecutorError::NotFound(format!("execution {id}")));
-                };
-                if let Some(lease) = &lease
-                    && (current.owner.as_deref() != Some(lease.owner.as_str())
-                        || current.lease_epoch != lease.epoch)
-                {
-                    return Err(ExecutorError::LeaseLost(id));
-                }
-                if current.status.is_finished() {
-                    return Err(ExecutorError::AlreadyFinished(id));
-                }
-                let first = current.last_seq + 1;
-                let mut seq = current.last_seq;
-                for ((at_ms, transition), payload) in transitions.iter().zip(&payloads) {
-                    seq += 1;
-                    apply(tx, &id, *at_ms, transition)?;
-                    tx.prepare_cached(
-                        "INSERT INTO events (execution_id, seq, at_ms, payload) VALUES (?1, ?2, ?3, ?4)",
-                    )?
-                    .execute(params![id, seq as i64, at_ms, payload])?;
-                }
-                tx.prepare_cached("UPDATE executions SET last_seq = ?2 WHERE id = ?1")?
-                    .execute(params![id, seq as i64])?;
-                Ok(first)
-            })
-            .await?;
-        Ok(numbered(events, first))
-    }
-}
-
 /// What an append checks of its execution: no more than these columns.
 struct State {
     status: ExecutionStatus,
@@ -245,39 +196,50 @@ impl ExecutorStore for SqliteStore {
         .await
     }
 
-    async fn append(
+    /// Group-committed: the appends of every execution in flight share transactions (see
+    /// `almanac_sqlite::group`).
+    async fn append_all(
         &self,
         execution_id: &str,
-        at_ms: i64,
-        transition: Transition,
-    ) -> Result<Event, ExecutorError> {
-        let mut events = self
-            .append_fenced(execution_id, None, vec![(at_ms, transition)])
-            .await?;
-        Ok(events.remove(0))
-    }
-
-    async fn append_as(
-        &self,
-        execution_id: &str,
-        lease: &Lease,
-        at_ms: i64,
-        transition: Transition,
-    ) -> Result<Event, ExecutorError> {
-        let mut events = self
-            .append_fenced(execution_id, Some(lease), vec![(at_ms, transition)])
-            .await?;
-        Ok(events.remove(0))
-    }
-
-    async fn append_all_as(
-        &self,
-        execution_id: &str,
-        lease: &Lease,
+        lease: Option<&Lease>,
         transitions: Vec<(i64, Transition)>,
     ) -> Result<Vec<Event>, ExecutorError> {
-        self.append_fenced(execution_id, Some(lease), transitions)
-            .await
+        let (events, payloads) = events_of(execution_id, &transitions)?;
+        let id = execution_id.to_owned();
+        let lease = lease.cloned();
+        let closed = self.closed_flag();
+        let first = self
+            .db
+            .write_grouped(move |tx| {
+                ensure_open(&closed)?;
+                let Some(current) = fetch_state(tx, &id)? else {
+                    return Err(ExecutorError::NotFound(format!("execution {id}")));
+                };
+                if let Some(lease) = &lease
+                    && (current.owner.as_deref() != Some(lease.owner.as_str())
+                        || current.lease_epoch != lease.epoch)
+                {
+                    return Err(ExecutorError::LeaseLost(id));
+                }
+                if current.status.is_finished() {
+                    return Err(ExecutorError::AlreadyFinished(id));
+                }
+                let first = current.last_seq + 1;
+                let mut seq = current.last_seq;
+                for ((at_ms, transition), payload) in transitions.iter().zip(&payloads) {
+                    seq += 1;
+                    apply(tx, &id, *at_ms, transition)?;
+                    tx.prepare_cached(
+                        "INSERT INTO events (execution_id, seq, at_ms, payload) VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![id, seq as i64, at_ms, payload])?;
+                }
+                tx.prepare_cached("UPDATE executions SET last_seq = ?2 WHERE id = ?1")?
+                    .execute(params![id, seq as i64])?;
+                Ok(first)
+            })
+            .await?;
+        Ok(numbered(events, first))
     }
 
     async fn request_cancel(
