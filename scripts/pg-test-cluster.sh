@@ -5,10 +5,12 @@
 # connections; it is for tests, never for data. It lives in /tmp/almanac-pg-PORT.
 #
 # usage: scripts/pg-test-cluster.sh [start|stop]   (stop deletes it)
-#   (PORT: ALMANAC_PG_PORT, default 55432)
+#   (PORT: ALMANAC_PG_PORT, default 25432)
 set -euo pipefail
 
-port="${ALMANAC_PG_PORT:-55432}"
+# Below the kernel's ephemeral range (32768–60999): a port in it can be held for a minute
+# by a TIME-WAIT connection of an earlier load, and the cluster would not start.
+port="${ALMANAC_PG_PORT:-25432}"
 # Under /tmp, not the checkout: the postgres user must reach it (a checkout under /root
 # is closed to it).
 dir="/tmp/almanac-pg-$port"

@@ -44,7 +44,7 @@ pub fn postgres_database_for(dir: &Path, service: &str) -> Option<String> {
     Some(url)
 }
 
-/// The variable naming the test cluster, e.g. `postgres://postgres@127.0.0.1:55432/postgres`.
+/// The variable naming the test cluster, e.g. `postgres://postgres@127.0.0.1:25432/postgres`.
 pub const POSTGRES_URL_VAR: &str = "ALMANAC_TEST_POSTGRES_URL";
 
 /// Whether a missing tool must fail the test rather than skip it (`scripts/test.sh`
