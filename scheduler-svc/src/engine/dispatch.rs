@@ -26,7 +26,7 @@ use super::clock::Clock;
 use super::executor::{CallError, ExecEvent, ExecuteCall, ExecutorClient};
 use super::ledger_writer::LedgerWriter;
 use crate::model::{AttemptOutcome, DispatchJob, RunStatus};
-use crate::store::{ClaimLease, LedgerUpdate, SchedulerStore, StoreError};
+use crate::store::{ClaimLease, FIRST_EPOCH, LedgerUpdate, SchedulerStore, StoreError};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -142,10 +142,16 @@ impl Dispatcher {
         self.admit(run_id, false, None);
     }
 
-    /// `dispatch` for a run this process's claim just wrote under its lease (`claim_lease`):
-    /// sent as `job` says, with no transaction to take the lease and no read of the run.
+    /// `dispatch` for a run this process's claim just wrote. Leased by the claim
+    /// (`claim_lease`, epoch `FIRST_EPOCH`), it is sent as `job` says, with no transaction
+    /// to take the lease and no read of the run; written unowned (epoch 0, the claim took
+    /// no lease), it goes through the ledger like any other run.
     pub fn dispatch_claimed(self: &Arc<Self>, job: DispatchJob) {
-        self.admit(job.run_id.clone(), false, Some(job));
+        if job.lease_epoch == FIRST_EPOCH {
+            self.admit(job.run_id.clone(), false, Some(job));
+        } else {
+            self.dispatch(job.run_id);
+        }
     }
 
     /// The lease a claim made now takes, for this process, on the runs it writes — none

@@ -64,15 +64,10 @@ impl Effects {
         }
     }
 
-    /// Dispatches the runs a claim of this process wrote: as the claim hands them over
-    /// if it leased them (`leased`), else through the ledger like any other run.
-    pub fn dispatch_claimed(&self, jobs: Vec<DispatchJob>, leased: bool) {
+    /// Dispatches the runs a claim of this process wrote (`Dispatcher::dispatch_claimed`).
+    pub fn dispatch_claimed(&self, jobs: Vec<DispatchJob>) {
         for job in jobs {
-            if leased {
-                self.dispatcher.dispatch_claimed(job);
-            } else {
-                self.dispatcher.dispatch(job.run_id);
-            }
+            self.dispatcher.dispatch_claimed(job);
         }
     }
 

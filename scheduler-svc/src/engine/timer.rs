@@ -189,7 +189,7 @@ impl Timer {
     }
 
     /// Records claimed schedules' next fires and starts what the claims ask for.
-    fn apply_claims(&self, claimed: Vec<crate::store::Claimed>, leased: bool, effects: &Effects) {
+    fn apply_claims(&self, claimed: Vec<crate::store::Claimed>, effects: &Effects) {
         {
             let mut index = self.index();
             for c in &claimed {
@@ -199,7 +199,7 @@ impl Timer {
         let mut fired = 0usize;
         for c in claimed {
             fired += c.dispatch.len();
-            effects.dispatch_claimed(c.dispatch, leased);
+            effects.dispatch_claimed(c.dispatch);
             effects.apply(c.effects);
         }
         tracing::debug!(dispatched = fired, "claimed due fires");
@@ -269,7 +269,7 @@ impl Timer {
             let mut failed = false;
             while let Some(result) = claims.next().await {
                 match result {
-                    Ok(claimed) => self.apply_claims(claimed, lease.is_some(), &effects),
+                    Ok(claimed) => self.apply_claims(claimed, &effects),
                     Err(e) => {
                         tracing::warn!(error = %e, schedules = due.len(), "claim failed; retrying");
                         failed = true;
