@@ -1,6 +1,7 @@
 //! `execute_pipeline` driven by real schedules, both services in process: a run of a
 //! pipeline that succeeds ends SUCCEEDED (its nodes called with the run's headers and
 //! node keys), a run of a pipeline whose node fails unhandled ends FAILED naming the node,
+//! a run whose pipeline was deleted since ends FAILED as refused by the executor,
 //! and CreateSchedule naming a pipeline the executor lacks is FAILED_PRECONDITION on
 //! `schedule.action.execute_pipeline.pipeline_id`.
 
@@ -9,6 +10,8 @@ mod pipeline_support;
 
 use std::time::Duration;
 
+use almanac_proto::executor::v1::DeletePipelineRequest;
+use almanac_proto::executor::v1::pipeline_service_client::PipelineServiceClient;
 use almanac_proto::scheduler::v1 as pb;
 use common::sink::Sink;
 use common::*;
@@ -83,6 +86,58 @@ async fn a_scheduled_pipeline_run_ends_with_the_pipelines_outcome() {
     );
     assert_eq!(sink.hits_on("/broken").len(), 1);
     assert!(sink.hits_on("/never").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_pipeline_was_deleted_fails_as_refused_by_the_executor() {
+    let stack = Stack::start().await;
+    let sink = Sink::start().await;
+    let url = stack.executor.url();
+    store_pipeline(
+        &url,
+        pipeline(
+            "fleeting",
+            vec![trigger("start"), api("hello", &sink.url("/hello"))],
+            chain(&["start", "hello"]),
+        ),
+    )
+    .await;
+    let mut client = stack.scheduler_client().await;
+    client
+        .create_schedule(create_schedule(
+            "fleeting",
+            execute_pipeline("fleeting", json!({})),
+        ))
+        .await
+        .expect("create");
+    PipelineServiceClient::new(channel(&url).await)
+        .delete_pipeline(DeletePipelineRequest {
+            pipeline_id: "fleeting".into(),
+        })
+        .await
+        .expect("delete");
+    let run = client
+        .trigger_schedule(pb::TriggerScheduleRequest {
+            schedule_id: "fleeting".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("trigger")
+        .into_inner()
+        .run
+        .expect("run");
+    // The executor's refusal is the attempt's end (not a broken stream sent again and
+    // again), whether the scheduler sent it alone or in a batch.
+    let done = wait_for_run(&client, &run.id, "the refused run ends", is_terminal).await;
+    assert_eq!(status_of(&done), pb::RunStatus::Failed, "{}", done.error);
+    assert!(
+        done.error.contains("executor refused the attempt")
+            && done.error.contains("FailedPrecondition")
+            && done.error.contains("fleeting"),
+        "{}",
+        done.error
+    );
+    assert!(sink.hits().is_empty(), "{:?}", sink.hits());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

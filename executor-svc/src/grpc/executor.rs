@@ -3,15 +3,18 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use almanac_proto::executor::v1 as pb;
 use almanac_proto::executor::v1::executor_service_server::ExecutorService;
 use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::status::to_status;
 use crate::engine::{Engine, EventStream};
+use crate::model::EventKind;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -40,9 +43,129 @@ where
     }))
 }
 
+/// The most calls one `ExecuteBatch` may carry.
+pub const MAX_BATCH_CALLS: usize = 1000;
+
+/// Updates waiting for the batch's response stream, per call of the batch: a forwarder
+/// waits (and so its execution's events wait in its store and in memory) once its
+/// client reads no more.
+const UPDATES_PER_CALL: usize = 4;
+
+/// Refuses a batch as a whole: no calls, too many, or a tag used twice.
+fn check_batch(calls: &[pb::ExecuteCall]) -> Result<(), Status> {
+    use almanac_proto::action::FieldViolation;
+    if calls.is_empty() {
+        return Err(almanac_proto::status::invalid_argument(&[
+            FieldViolation::new("calls", "a batch needs at least one call"),
+        ]));
+    }
+    if calls.len() > MAX_BATCH_CALLS {
+        return Err(almanac_proto::status::invalid_argument(&[
+            FieldViolation::new(
+                "calls",
+                format!(
+                    "a batch carries at most {MAX_BATCH_CALLS} calls, not {}",
+                    calls.len()
+                ),
+            ),
+        ]));
+    }
+    let mut tags = std::collections::HashSet::with_capacity(calls.len());
+    let repeated: Vec<FieldViolation> = calls
+        .iter()
+        .enumerate()
+        .filter(|(_, call)| !tags.insert(call.tag))
+        .map(|(i, call)| {
+            FieldViolation::new(
+                format!("calls[{i}].tag"),
+                format!("tag {} is used by an earlier call of the batch", call.tag),
+            )
+        })
+        .collect();
+    if repeated.is_empty() {
+        Ok(())
+    } else {
+        Err(almanac_proto::status::invalid_argument(&repeated))
+    }
+}
+
+/// Runs one call of a batch as `Execute` would, and sends its updates tagged until its
+/// execution finishes, it fails, or the batch's client is gone.
+async fn forward(engine: Arc<Engine>, call: pb::ExecuteCall, tx: mpsc::Sender<pb::ExecuteUpdate>) {
+    use pb::execute_update::Update;
+    let tag = call.tag;
+    let failed = |status: Status| pb::ExecuteUpdate {
+        tag,
+        update: Some(Update::Error(pb::CallError {
+            code: status.code() as i32,
+            message: status.message().to_owned(),
+        })),
+    };
+    let started = match call.request {
+        None => Err(almanac_proto::status::invalid_argument(&[
+            almanac_proto::action::FieldViolation::new("request", "a call needs its request"),
+        ])),
+        Some(request) => match convert::start_request(request) {
+            Err(e) => Err(to_status(e)),
+            Ok((start, after_seq)) => engine.execute(start, after_seq).await.map_err(to_status),
+        },
+    };
+    let mut events = match started {
+        Ok(events) => events,
+        Err(status) => {
+            let _ = tx.send(failed(status)).await;
+            return;
+        }
+    };
+    while let Some(item) = events.next().await {
+        let update = match item {
+            Ok(event) => {
+                let end = matches!(
+                    event.kind,
+                    EventKind::ExecutionStarted { .. } | EventKind::ExecutionFinished { .. }
+                );
+                if call.ends_only && !end {
+                    continue;
+                }
+                pb::ExecuteUpdate {
+                    tag,
+                    update: Some(Update::Event(convert::event(event))),
+                }
+            }
+            Err(e) => failed(to_status(e)),
+        };
+        if tx.send(update).await.is_err() {
+            return; // the client is gone; the execution goes on without it
+        }
+    }
+}
+
+/// The updates of a batch's calls as responses: each response carries every update
+/// ready when it is sent, so calls that move together share messages.
+fn batched(mut rx: mpsc::Receiver<pb::ExecuteUpdate>) -> ResponseStream<pb::ExecuteBatchResponse> {
+    Box::pin(futures::stream::poll_fn(move |cx| {
+        let mut updates = Vec::new();
+        loop {
+            match rx.poll_recv(cx) {
+                Poll::Ready(Some(update)) => {
+                    updates.push(update);
+                    if updates.len() >= MAX_BATCH_CALLS {
+                        break;
+                    }
+                }
+                Poll::Ready(None) if updates.is_empty() => return Poll::Ready(None),
+                Poll::Pending if updates.is_empty() => return Poll::Pending,
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+        }
+        Poll::Ready(Some(Ok(pb::ExecuteBatchResponse { updates })))
+    }))
+}
+
 #[tonic::async_trait]
 impl ExecutorService for ExecutorGrpc {
     type ExecuteStream = ResponseStream<pb::ExecuteResponse>;
+    type ExecuteBatchStream = ResponseStream<pb::ExecuteBatchResponse>;
     type WatchExecutionStream = ResponseStream<pb::WatchExecutionResponse>;
 
     async fn execute(
@@ -58,6 +181,19 @@ impl ExecutorService for ExecutorGrpc {
         Ok(Response::new(responses(events, |event| {
             pb::ExecuteResponse { event: Some(event) }
         })))
+    }
+
+    async fn execute_batch(
+        &self,
+        request: Request<pb::ExecuteBatchRequest>,
+    ) -> Result<Response<Self::ExecuteBatchStream>, Status> {
+        let calls = request.into_inner().calls;
+        check_batch(&calls)?;
+        let (tx, rx) = mpsc::channel(calls.len() * UPDATES_PER_CALL);
+        for call in calls {
+            tokio::spawn(forward(Arc::clone(&self.engine), call, tx.clone()));
+        }
+        Ok(Response::new(batched(rx)))
     }
 
     async fn watch_execution(

@@ -1,14 +1,29 @@
 //! The scheduler's client of the executor: `ExecutorClient` over tonic. It maps status
 //! codes to "send again" (unreachable, overloaded, broken) or "refused for good", and
 //! events to the few the engine acts on.
+//!
+//! Attempts are sent in batches: every `execute` queues its call, and one task sends
+//! what is queued together as one `ExecuteBatch` (asking for the first and the last
+//! event only) and routes each call's updates back to its caller. Calls that come
+//! together — the runs one claim dispatches — so share one stream, and one message per
+//! step of their executions, instead of a stream each. A batch is one call on the
+//! channel, so a balanced channel still spreads batches over the executors. An executor
+//! without `ExecuteBatch` (`UNIMPLEMENTED`) is sent `Execute` per attempt from then on.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use almanac_proto::executor::v1::{
-    Action, CancelExecutionRequest, ExecuteRequest, ExecutionStatus, Origin, ValidateActionRequest,
-    execution_event::Kind, executor_service_client::ExecutorServiceClient,
+    Action, CancelExecutionRequest, ExecuteBatchRequest, ExecuteCall as BatchCall, ExecuteRequest,
+    ExecutionStatus, Origin, ValidateActionRequest, execute_update::Update, execution_event::Kind,
+    executor_service_client::ExecutorServiceClient,
 };
 use almanac_proto::time::{ms_to_timestamp, timestamp_to_ms};
 use async_trait::async_trait;
 use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -17,26 +32,197 @@ use crate::engine::executor::{
 };
 use crate::model::{CancelMode, RunStatus};
 
+/// The most calls one batch carries (the executor takes up to 1 000).
+const MAX_BATCH: usize = 512;
+
 /// The executor over one HTTP/2 channel (many concurrent streams).
 #[derive(Clone)]
 pub struct GrpcExecutorClient {
     client: ExecutorServiceClient<Channel>,
+    /// Calls waiting for the batching task.
+    queue: mpsc::UnboundedSender<Queued>,
+    /// Set once the executor answered `ExecuteBatch` with `UNIMPLEMENTED`.
+    single: Arc<AtomicBool>,
 }
+
+/// A call waiting to be sent in a batch, and where its events go.
+struct Queued {
+    request: ExecuteRequest,
+    reply: oneshot::Sender<Result<Events, CallError>>,
+}
+
+/// One call's events as the batch's stream routes them.
+type Events = mpsc::UnboundedReceiver<Result<ExecEvent, CallError>>;
 
 impl GrpcExecutorClient {
     /// A client of the executor at `endpoint` (`http://127.0.0.1:50052`, or
     /// `dns:///name:port` to balance over every address of a headless Service); it
-    /// connects lazily and reconnects by itself.
+    /// connects lazily and reconnects by itself. Its batching task runs (on the current
+    /// Tokio runtime) until the last clone is dropped.
     pub fn connect_lazy(endpoint: &str) -> Result<Self, super::balance::EndpointError> {
+        let client = ExecutorServiceClient::new(super::balance::channel(endpoint)?);
+        let (queue, queued) = mpsc::unbounded_channel();
+        let single = Arc::new(AtomicBool::new(false));
+        tokio::spawn(gather(client.clone(), queued, Arc::clone(&single)));
         Ok(Self {
-            client: ExecutorServiceClient::new(super::balance::channel(endpoint)?),
+            client,
+            queue,
+            single,
         })
     }
 }
 
+/// Takes the queued calls, and sends what has gathered as one batch each time: after
+/// the first call of a batch it lets the other ready tasks run once, so that the runs
+/// one claim dispatches go together. It never waits on a timer.
+async fn gather(
+    client: ExecutorServiceClient<Channel>,
+    mut queued: mpsc::UnboundedReceiver<Queued>,
+    single: Arc<AtomicBool>,
+) {
+    while let Some(first) = queued.recv().await {
+        tokio::task::yield_now().await;
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queued.try_recv() {
+                Ok(call) => batch.push(call),
+                Err(_) => break,
+            }
+        }
+        tokio::spawn(send_batch(client.clone(), batch, Arc::clone(&single)));
+    }
+}
+
+/// Sends one batch and routes its updates to each call's events until every call has
+/// ended or been let go by its caller.
+async fn send_batch(
+    mut client: ExecutorServiceClient<Channel>,
+    batch: Vec<Queued>,
+    single: Arc<AtomicBool>,
+) {
+    let mut replies = Vec::with_capacity(batch.len());
+    let calls = batch
+        .into_iter()
+        .zip(0u64..)
+        .map(|(queued, tag)| {
+            replies.push((tag, queued.reply));
+            BatchCall {
+                tag,
+                request: Some(queued.request),
+                ends_only: true,
+            }
+        })
+        .collect();
+    let mut stream = match client.execute_batch(ExecuteBatchRequest { calls }).await {
+        Ok(response) => response.into_inner(),
+        Err(status) if status.code() == Code::Unimplemented => {
+            // Not a refusal of these attempts: their callers send them again, one
+            // `Execute` each from now on.
+            tracing::info!("the executor has no ExecuteBatch; sending Execute per attempt");
+            single.store(true, Ordering::Release);
+            for (_, reply) in replies {
+                let _ = reply.send(Err(CallError::Transient(
+                    "the executor has no ExecuteBatch".into(),
+                )));
+            }
+            return;
+        }
+        Err(status) => {
+            let error = classify(&status);
+            for (_, reply) in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+            return;
+        }
+    };
+    let mut routes = HashMap::with_capacity(replies.len());
+    for (tag, reply) in replies {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if reply.send(Ok(rx)).is_ok() {
+            routes.insert(tag, tx);
+        }
+    }
+    while !routes.is_empty() {
+        match stream.message().await {
+            Ok(Some(response)) => {
+                for update in response.updates {
+                    let (item, last) = match update.update {
+                        Some(Update::Event(event)) => {
+                            let event = convert_event(event);
+                            let last = matches!(event, ExecEvent::Finished { .. });
+                            (Ok(event), last)
+                        }
+                        Some(Update::Error(error)) => (
+                            Err(classify_code(Code::from(error.code), &error.message)),
+                            true,
+                        ),
+                        None => continue,
+                    };
+                    let Some(route) = routes.get(&update.tag) else {
+                        continue;
+                    };
+                    // A caller that stopped following lets its call go.
+                    if route.send(item).is_err() || last {
+                        routes.remove(&update.tag);
+                    }
+                }
+            }
+            Ok(None) => break,
+            Err(status) => {
+                let error = classify(&status);
+                for route in routes.into_values() {
+                    let _ = route.send(Err(error.clone()));
+                }
+                return;
+            }
+        }
+    }
+    // What is left was not ended by its executor: each caller sends its attempt again.
+    for route in routes.into_values() {
+        let _ = route.send(Err(CallError::Transient(
+            "the batch's stream ended before the call finished".into(),
+        )));
+    }
+}
+
+/// `Execute` for one attempt (to an executor without `ExecuteBatch`), its events routed
+/// as `send_batch` routes a call's.
+async fn single_events(
+    client: &mut ExecutorServiceClient<Channel>,
+    request: ExecuteRequest,
+) -> Result<Events, CallError> {
+    let mut stream = client
+        .execute(request)
+        .await
+        .map_err(|s| classify(&s))?
+        .into_inner();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let item = match stream.message().await {
+                Ok(Some(response)) => match response.event {
+                    Some(event) => Ok(convert_event(event)),
+                    None => Err(CallError::Transient("a response without an event".into())),
+                },
+                Ok(None) => return,
+                Err(status) => Err(classify(&status)),
+            };
+            let end = item.is_err();
+            if tx.send(item).is_err() || end {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
 fn classify(status: &Status) -> CallError {
-    let text = format!("{:?}: {}", status.code(), status.message());
-    match status.code() {
+    classify_code(status.code(), status.message())
+}
+
+fn classify_code(code: Code, message: &str) -> CallError {
+    let text = format!("{code:?}: {message}");
+    match code {
         Code::InvalidArgument
         | Code::AlreadyExists
         | Code::FailedPrecondition
@@ -86,6 +272,9 @@ fn convert_event(event: almanac_proto::executor::v1::ExecutionEvent) -> ExecEven
 
 #[async_trait]
 impl ExecutorClient for GrpcExecutorClient {
+    /// Queues the call for the next batch, and returns once the executor has answered
+    /// it: its first event, or the error that refuses it (a refusal is the call's result,
+    /// not a broken stream).
     async fn execute(&self, call: ExecuteCall) -> Result<EventStream, CallError> {
         let request = ExecuteRequest {
             idempotency_key: call.key,
@@ -99,21 +288,25 @@ impl ExecutorClient for GrpcExecutorClient {
             }),
             after_seq: call.after_seq,
         };
-        let mut client = self.client.clone();
-        let stream = client
-            .execute(request)
-            .await
-            .map_err(|s| classify(&s))?
-            .into_inner();
-        Ok(stream
-            .map(|item| match item {
-                Ok(response) => match response.event {
-                    Some(event) => Ok(convert_event(event)),
-                    None => Err(CallError::Transient("a response without an event".into())),
-                },
-                Err(status) => Err(classify(&status)),
-            })
-            .boxed())
+        if self.single.load(Ordering::Acquire) {
+            let events = single_events(&mut self.client.clone(), request).await?;
+            return Ok(UnboundedReceiverStream::new(events).boxed());
+        }
+        let (reply, replied) = oneshot::channel();
+        let gone = || CallError::Transient("the executor client is shutting down".into());
+        self.queue
+            .send(Queued { request, reply })
+            .map_err(|_| gone())?;
+        let mut events = replied.await.map_err(|_| gone())??;
+        match events.recv().await {
+            None => Err(CallError::Transient(
+                "the batch's stream ended before the call's first event".into(),
+            )),
+            Some(Err(error)) => Err(error),
+            Some(Ok(first)) => Ok(futures::stream::once(async { Ok(first) })
+                .chain(UnboundedReceiverStream::new(events))
+                .boxed()),
+        }
     }
 
     async fn cancel(&self, key: &str, mode: CancelMode, reason: &str) -> Result<(), CallError> {
@@ -178,5 +371,263 @@ fn with_fallback(
         )]
     } else {
         violations
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The batching client against a stand-in executor served on loopback: how updates
+    //! are routed to calls, and what a refusal, a cut stream and an executor without
+    //! `ExecuteBatch` become. (The real executor's side is `executor-svc`'s
+    //! `tests/execute_batch.rs`; the whole path runs in every scheduling test.)
+
+    use std::pin::Pin;
+    use std::sync::Mutex;
+
+    use almanac_proto::executor::v1 as pb;
+    use almanac_proto::executor::v1::executor_service_server::{
+        ExecutorService, ExecutorServiceServer,
+    };
+    use futures::Stream;
+    use tokio_stream::wrappers::TcpListenerStream;
+    use tonic::{Request, Response};
+
+    use super::*;
+
+    type Responses<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+    /// Answers `ExecuteBatch` (unless `no_batch`) and `Execute`: a key starting with
+    /// `refuse` is FAILED_PRECONDITION, `cut` gets its first event and then the stream
+    /// ends, any other key starts and succeeds.
+    #[derive(Default)]
+    struct StandIn {
+        no_batch: bool,
+        /// The keys of every batch, and of every single call as a batch of one.
+        seen: Mutex<Vec<Vec<String>>>,
+    }
+
+    fn event(key: &str, seq: u64) -> pb::ExecutionEvent {
+        use pb::execution_event::Kind as K;
+        let kind = if seq == 1 {
+            K::ExecutionStarted(pb::ExecutionStarted {
+                execution_id: format!("exec-{key}"),
+                idempotency_key: key.to_owned(),
+            })
+        } else {
+            K::ExecutionFinished(pb::ExecutionFinished {
+                status: pb::ExecutionStatus::Succeeded as i32,
+                ..Default::default()
+            })
+        };
+        pb::ExecutionEvent {
+            execution_id: format!("exec-{key}"),
+            seq,
+            time: Some(ms_to_timestamp(1_000)),
+            kind: Some(kind),
+        }
+    }
+
+    #[tonic::async_trait]
+    impl ExecutorService for StandIn {
+        type ExecuteStream = Responses<pb::ExecuteResponse>;
+        type ExecuteBatchStream = Responses<pb::ExecuteBatchResponse>;
+        type WatchExecutionStream = Responses<pb::WatchExecutionResponse>;
+
+        async fn execute(
+            &self,
+            request: Request<ExecuteRequest>,
+        ) -> Result<Response<Self::ExecuteStream>, Status> {
+            let key = request.into_inner().idempotency_key;
+            self.seen.lock().unwrap().push(vec![key.clone()]);
+            let events = [1, 4].map(|seq| {
+                Ok(pb::ExecuteResponse {
+                    event: Some(event(&key, seq)),
+                })
+            });
+            Ok(Response::new(Box::pin(futures::stream::iter(events))))
+        }
+
+        async fn execute_batch(
+            &self,
+            request: Request<ExecuteBatchRequest>,
+        ) -> Result<Response<Self::ExecuteBatchStream>, Status> {
+            if self.no_batch {
+                return Err(Status::unimplemented("no ExecuteBatch here"));
+            }
+            let calls = request.into_inner().calls;
+            let keys = calls.iter().map(|c| key_of(c).to_owned()).collect();
+            self.seen.lock().unwrap().push(keys);
+            let update = |tag, update| pb::ExecuteUpdate {
+                tag,
+                update: Some(update),
+            };
+            let mut firsts = Vec::new();
+            let mut lasts = Vec::new();
+            for call in &calls {
+                let key = key_of(call);
+                if key.starts_with("refuse") {
+                    firsts.push(update(
+                        call.tag,
+                        Update::Error(pb::CallError {
+                            code: Code::FailedPrecondition as i32,
+                            message: format!("{key} is refused"),
+                        }),
+                    ));
+                    continue;
+                }
+                firsts.push(update(call.tag, Update::Event(event(key, 1))));
+                if key != "cut" {
+                    lasts.push(update(call.tag, Update::Event(event(key, 4))));
+                }
+            }
+            let responses = [firsts, lasts].map(|updates| Ok(pb::ExecuteBatchResponse { updates }));
+            Ok(Response::new(Box::pin(futures::stream::iter(responses))))
+        }
+
+        async fn watch_execution(
+            &self,
+            _: Request<pb::WatchExecutionRequest>,
+        ) -> Result<Response<Self::WatchExecutionStream>, Status> {
+            Err(Status::unimplemented(""))
+        }
+
+        async fn get_execution(
+            &self,
+            _: Request<pb::GetExecutionRequest>,
+        ) -> Result<Response<pb::GetExecutionResponse>, Status> {
+            Err(Status::unimplemented(""))
+        }
+
+        async fn list_executions(
+            &self,
+            _: Request<pb::ListExecutionsRequest>,
+        ) -> Result<Response<pb::ListExecutionsResponse>, Status> {
+            Err(Status::unimplemented(""))
+        }
+
+        async fn cancel_execution(
+            &self,
+            _: Request<CancelExecutionRequest>,
+        ) -> Result<Response<pb::CancelExecutionResponse>, Status> {
+            Err(Status::unimplemented(""))
+        }
+
+        async fn validate_action(
+            &self,
+            _: Request<ValidateActionRequest>,
+        ) -> Result<Response<pb::ValidateActionResponse>, Status> {
+            Err(Status::unimplemented(""))
+        }
+    }
+
+    fn key_of(call: &BatchCall) -> &str {
+        call.request
+            .as_ref()
+            .map_or("", |r| r.idempotency_key.as_str())
+    }
+
+    /// Serves `stand_in` on 127.0.0.1:0 and returns a client of it.
+    async fn serve(stand_in: Arc<StandIn>) -> GrpcExecutorClient {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(ExecutorServiceServer::from_arc(stand_in))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        GrpcExecutorClient::connect_lazy(&format!("http://{address}")).unwrap()
+    }
+
+    fn call(key: &str) -> ExecuteCall {
+        ExecuteCall {
+            key: key.to_owned(),
+            action: Action::default(),
+            deadline_ms: None,
+            schedule_id: "s".into(),
+            run_id: format!("run-{key}"),
+            nominal_ms: 0,
+            attempt: 1,
+            after_seq: 0,
+        }
+    }
+
+    async fn events(
+        client: &GrpcExecutorClient,
+        key: &str,
+    ) -> Result<Vec<Result<ExecEvent, CallError>>, CallError> {
+        let stream = client.execute(call(key)).await?;
+        let all = tokio::time::timeout(std::time::Duration::from_secs(10), stream.collect());
+        Ok(all.await.expect("the call's events end within 10 s"))
+    }
+
+    fn seqs(events: &[Result<ExecEvent, CallError>]) -> Vec<Result<u64, CallError>> {
+        events
+            .iter()
+            .map(|e| {
+                e.clone().map(|e| match e {
+                    ExecEvent::Started { seq, .. }
+                    | ExecEvent::Finished { seq, .. }
+                    | ExecEvent::Other { seq } => seq,
+                })
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn calls_made_together_share_a_batch_and_each_gets_its_own_answer() {
+        let stand_in = Arc::new(StandIn::default());
+        let client = serve(Arc::clone(&stand_in)).await;
+        let (a, b, refused, cut) = tokio::join!(
+            events(&client, "a"),
+            events(&client, "b"),
+            events(&client, "refuse-c"),
+            events(&client, "cut"),
+        );
+        assert_eq!(seqs(&a.unwrap()), [Ok(1), Ok(4)]);
+        assert_eq!(seqs(&b.unwrap()), [Ok(1), Ok(4)]);
+        // A refusal is the call's answer, as Execute's status would be: the dispatcher
+        // fails the run instead of sending the attempt again.
+        assert!(
+            matches!(&refused, Err(CallError::Rejected(m)) if m.contains("refuse-c is refused")),
+            "{refused:?}"
+        );
+        // A call its batch's stream left unfinished is to be sent again.
+        let cut = cut.unwrap();
+        assert_eq!(seqs(&cut)[0], Ok(1));
+        assert!(
+            matches!(&cut[1..], [Err(CallError::Transient(_))]),
+            "{cut:?}"
+        );
+        let seen = stand_in.seen.lock().unwrap().clone();
+        assert_eq!(
+            seen.iter().map(Vec::len).sum::<usize>(),
+            4,
+            "each call sent once: {seen:?}"
+        );
+        assert!(
+            seen.len() < 4,
+            "calls made together share batches: {seen:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_executor_without_execute_batch_is_sent_execute_per_attempt() {
+        let stand_in = Arc::new(StandIn {
+            no_batch: true,
+            ..Default::default()
+        });
+        let client = serve(Arc::clone(&stand_in)).await;
+        let first = events(&client, "a").await;
+        assert!(
+            matches!(&first, Err(CallError::Transient(m)) if m.contains("ExecuteBatch")),
+            "not a refusal of the attempt, which is sent again: {first:?}"
+        );
+        assert_eq!(seqs(&events(&client, "a").await.unwrap()), [Ok(1), Ok(4)]);
+        assert_eq!(seqs(&events(&client, "b").await.unwrap()), [Ok(1), Ok(4)]);
+        assert_eq!(
+            *stand_in.seen.lock().unwrap(),
+            [vec!["a".to_owned()], vec!["b".to_owned()]],
+            "after the first UNIMPLEMENTED, one Execute per attempt (the batch is not recorded)"
+        );
     }
 }
