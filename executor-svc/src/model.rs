@@ -163,6 +163,35 @@ pub struct NewExecution {
     pub lease_until_ms: i64,
 }
 
+impl NewExecution {
+    /// The record the store holds once this is created: RUNNING since `created_ms`, its
+    /// `ExecutionStarted` as seq 1, leased to its creator at epoch 1.
+    pub fn record(&self) -> ExecutionRecord {
+        ExecutionRecord {
+            id: self.id.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+            fingerprint: self.fingerprint.clone(),
+            action: self.action.clone(),
+            origin: self.origin.clone(),
+            deadline_ms: self.deadline_ms,
+            status: ExecutionStatus::Running,
+            result: None,
+            error: String::new(),
+            retryable: false,
+            cancel_requested: None,
+            cancel_reason: String::new(),
+            created_ms: self.created_ms,
+            started_ms: Some(self.created_ms),
+            finished_ms: None,
+            last_seq: 1,
+            pipeline: self.pipeline.clone(),
+            owner: Some(self.owner.clone()),
+            lease_until_ms: Some(self.lease_until_ms),
+            lease_epoch: 1,
+        }
+    }
+}
+
 /// One attempt of one node, as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeRunRecord {

@@ -53,7 +53,9 @@ conformance! {
 async fn a_new_execution_is_running_with_execution_started_as_seq_1(h) {
     let store = h.open().await;
     let new = new_execution("e1", "k1", Some("nightly"));
-    let record = store.create_execution(&new).await.unwrap();
+    let created = store.create_execution(&new).await.unwrap();
+    let record = store.get_execution("e1").await.unwrap().expect("stored");
+    assert_eq!(created, record, "create returns what is stored");
     assert_eq!(record.status, ExecutionStatus::Running);
     assert_eq!(record.last_seq, 1);
     assert_eq!(
@@ -61,6 +63,8 @@ async fn a_new_execution_is_running_with_execution_started_as_seq_1(h) {
         "a JSON null body survives storage"
     );
     assert_eq!(record.origin, new.origin);
+    assert_eq!(record.owner.as_deref(), Some(new.owner.as_str()));
+    assert_eq!(record.lease_epoch, 1);
     let events = store.events_after("e1", 0, 10).await.unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(

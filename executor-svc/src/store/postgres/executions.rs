@@ -32,7 +32,7 @@ impl ExecutorStore for PostgresStore {
             .unwrap_or_default();
         let started =
             encode_json(&Event::started(&new.id, &new.idempotency_key, new.created_ms).kind)?;
-        let record = transaction!(self, |tx| {
+        transaction!(self, |tx| {
             let inserted = sqlx::query(
                 "INSERT INTO executions (id, idempotency_key, fingerprint, action, origin,
                      schedule_id, deadline_ms, status, created_ms, started_ms, last_seq, pipeline,
@@ -70,9 +70,9 @@ impl ExecutorStore for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(classify)?;
-            fetch_execution(&mut tx, &new.id, false).await
-        })?;
-        record.ok_or_else(|| ExecutorError::Corrupt("inserted execution not found".into()))
+            // What was inserted is what the record says: no read back.
+            Ok(new.record())
+        })
     }
 
     async fn get_execution(&self, id: &str) -> Result<Option<ExecutionRecord>, ExecutorError> {

@@ -69,10 +69,10 @@ impl ExecutorStore for SqliteStore {
         let started =
             encode_json(&Event::started(&new.id, &new.idempotency_key, new.created_ms).kind)?;
 
-        let new = new.clone();
+        // What is inserted is what the record says: it is returned without a read back.
+        let record = new.record();
         let closed = self.closed_flag();
-        let record = self
-            .db
+        self.db
             .write_grouped(move |tx| {
                 ensure_open(&closed)?;
                 let mut insert = tx.prepare_cached(
@@ -82,23 +82,23 @@ impl ExecutorStore for SqliteStore {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'RUNNING', ?8, ?8, 1, ?9, ?10, ?11, 1)",
                 )?;
                 let inserted = insert.execute(params![
-                    new.id,
-                    new.idempotency_key,
-                    new.fingerprint,
+                    record.id,
+                    record.idempotency_key,
+                    record.fingerprint,
                     action,
                     origin,
                     schedule_id,
-                    new.deadline_ms,
-                    new.created_ms,
+                    record.deadline_ms,
+                    record.created_ms,
                     pipeline,
-                    new.owner,
-                    new.lease_until_ms,
+                    record.owner,
+                    record.lease_until_ms,
                 ]);
                 match inserted.map_err(ExecutorError::from) {
                     Err(ExecutorError::AlreadyExists(_)) => {
                         return Err(ExecutorError::AlreadyExists(format!(
                             "an execution with idempotency key {:?} already exists",
-                            new.idempotency_key
+                            record.idempotency_key
                         )));
                     }
                     other => other?,
@@ -106,11 +106,10 @@ impl ExecutorStore for SqliteStore {
                 tx.prepare_cached(
                     "INSERT INTO events (execution_id, seq, at_ms, payload) VALUES (?1, 1, ?2, ?3)",
                 )?
-                .execute(params![new.id, new.created_ms, started])?;
-                fetch_execution(tx, &new.id)
+                .execute(params![record.id, record.created_ms, started])?;
+                Ok(record)
             })
-            .await?;
-        record.ok_or_else(|| ExecutorError::Corrupt("inserted execution not found".into()))
+            .await
     }
 
     async fn get_execution(&self, id: &str) -> Result<Option<ExecutionRecord>, ExecutorError> {
