@@ -16,17 +16,17 @@
 
 use std::sync::{Arc, Mutex as StdMutex};
 
-use rusqlite::Transaction;
+use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use crate::{Db, lock};
+use crate::{Db, lock, step};
 
 /// Pieces a leader takes at most into one transaction.
 const MAX_BATCH: usize = 512;
 
 /// A queued piece of work: runs inside the leader's transaction and returns what to do
 /// once the commit's outcome is known.
-type Job = Box<dyn FnOnce(&Transaction<'_>) -> Completion + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
 type Completion = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
 
 /// The queue of work waiting for a leader.
@@ -48,14 +48,14 @@ impl Db {
     /// is every caller's error.
     pub async fn write_grouped<T, E>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, E> + Send + 'static,
+        f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
     ) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<rusqlite::Error> + Send + 'static,
     {
         let (reply, result) = oneshot::channel::<Result<T, E>>();
-        let job: Job = Box::new(move |tx: &Transaction<'_>| -> Completion {
+        let job: Job = Box::new(move |tx: &Connection| -> Completion {
             if reply.is_closed() {
                 return Box::new(|_| {});
             }
@@ -83,7 +83,7 @@ impl Db {
     /// Takes the writer and commits everything queued, in batches, until the queue is
     /// empty (then this caller's own work is committed too).
     async fn lead(&self) {
-        let mut conn = self.writer.lock().await;
+        let conn = self.writer.lock().await;
         // Let the tasks ready to run on this worker queue their work first: the
         // transaction runs in place, so nothing else queues while it does.
         tokio::task::yield_now().await;
@@ -98,12 +98,14 @@ impl Db {
             }
             let mut completions = Vec::with_capacity(batch.len());
             let committed = (|| {
-                let tx =
-                    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                step(&conn, "BEGIN IMMEDIATE")?;
+                // Rolls back what a failed COMMIT (or a panicking piece) left open, before
+                // the writer is handed on.
+                let _open = OpenTransaction(&conn);
                 for job in batch {
-                    completions.push(job(&tx));
+                    completions.push(job(&conn));
                 }
-                tx.commit()
+                step(&conn, "COMMIT")
             })();
             let error = committed.err();
             for done in completions {
@@ -113,24 +115,31 @@ impl Db {
     }
 }
 
+/// The leader's transaction while it is open: rolled back when dropped still open.
+struct OpenTransaction<'c>(&'c Connection);
+
+impl Drop for OpenTransaction<'_> {
+    fn drop(&mut self) {
+        if !self.0.is_autocommit() {
+            let _ = step(self.0, "ROLLBACK");
+        }
+    }
+}
+
 /// Runs `f` between `SAVEPOINT` and `RELEASE`, rolling back to the savepoint on `Err`.
 fn in_savepoint<T, E: From<rusqlite::Error>>(
-    tx: &Transaction<'_>,
-    f: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
+    tx: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, E>,
 ) -> Result<T, E> {
-    let step = |sql: &str| {
-        tx.prepare_cached(sql)
-            .and_then(|mut s| s.execute([]).map(drop))
-    };
-    step("SAVEPOINT grouped")?;
+    step(tx, "SAVEPOINT grouped")?;
     match f(tx) {
         Ok(out) => {
-            step("RELEASE grouped")?;
+            step(tx, "RELEASE grouped")?;
             Ok(out)
         }
         Err(e) => {
-            step("ROLLBACK TO grouped")?;
-            step("RELEASE grouped")?;
+            step(tx, "ROLLBACK TO grouped")?;
+            step(tx, "RELEASE grouped")?;
             Err(e)
         }
     }

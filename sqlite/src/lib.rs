@@ -140,7 +140,7 @@ impl Db {
     /// async connection); dropped without `commit`, it rolls back.
     pub async fn begin(&self) -> Result<WriteTx, rusqlite::Error> {
         let conn = Arc::clone(&self.writer).lock_owned().await;
-        conn.execute_batch("BEGIN IMMEDIATE")?;
+        step(&conn, "BEGIN IMMEDIATE")?;
         Ok(WriteTx { conn, open: true })
     }
 
@@ -178,10 +178,10 @@ impl WriteTx {
     /// Commits the transaction.
     pub fn commit(mut self) -> Result<(), rusqlite::Error> {
         self.open = false;
-        if let Err(e) = self.conn.execute_batch("COMMIT") {
+        if let Err(e) = step(&self.conn, "COMMIT") {
             // A failed COMMIT can leave the transaction open: close it before the writer
             // is handed on.
-            let _ = self.conn.execute_batch("ROLLBACK");
+            let _ = step(&self.conn, "ROLLBACK");
             return Err(e);
         }
         Ok(())
@@ -198,7 +198,7 @@ impl Deref for WriteTx {
 impl Drop for WriteTx {
     fn drop(&mut self) {
         if self.open && !self.conn.is_autocommit() {
-            let _ = self.conn.execute_batch("ROLLBACK");
+            let _ = step(&self.conn, "ROLLBACK");
         }
     }
 }
@@ -234,6 +234,13 @@ impl Drop for ReadConn {
             lock(&self.readers.free).push(conn);
         }
     }
+}
+
+/// Runs the cached statement `sql`, which takes no parameters (a transaction's bounds and
+/// savepoints: prepared once per connection, not parsed again at every transaction).
+fn step(conn: &Connection, sql: &str) -> Result<(), rusqlite::Error> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.execute([]).map(drop))
 }
 
 fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
