@@ -116,16 +116,7 @@ async fn a_run_whose_pipeline_was_deleted_fails_as_refused_by_the_executor() {
         })
         .await
         .expect("delete");
-    let run = client
-        .trigger_schedule(pb::TriggerScheduleRequest {
-            schedule_id: "fleeting".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("trigger")
-        .into_inner()
-        .run
-        .expect("run");
+    let run = trigger_now(&mut client, "fleeting").await;
     // The executor's refusal is the attempt's end (not a broken stream sent again and
     // again), whether the scheduler sent it alone or in a batch.
     let done = wait_for_run(&client, &run.id, "the refused run ends", is_terminal).await;
