@@ -8,6 +8,7 @@ use std::task::Poll;
 use almanac_proto::executor::v1 as pb;
 use almanac_proto::executor::v1::executor_service_server::ExecutorService;
 use futures::{Stream, StreamExt};
+use prost::Message;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
@@ -140,18 +141,34 @@ async fn forward(engine: Arc<Engine>, call: pb::ExecuteCall, tx: mpsc::Sender<pb
     }
 }
 
-/// The updates of a batch's calls as responses: each response carries every update
-/// ready when it is sent, so calls that move together share messages.
+/// The most encoded bytes of updates one response gathers (one larger update goes
+/// alone): far below a client's default 4 MiB limit on a message, though each result
+/// may be up to 1 MiB.
+const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+/// The updates of a batch's calls as responses: each response carries the updates ready
+/// when it is sent, up to `MAX_RESPONSE_BYTES`, so calls that move together share
+/// messages.
 fn batched(mut rx: mpsc::Receiver<pb::ExecuteUpdate>) -> ResponseStream<pb::ExecuteBatchResponse> {
+    // An update taken that did not fit the previous response: the next one starts with it.
+    let mut carried: Option<pb::ExecuteUpdate> = None;
     Box::pin(futures::stream::poll_fn(move |cx| {
         let mut updates = Vec::new();
+        let mut bytes = 0;
         loop {
-            match rx.poll_recv(cx) {
+            let next = match carried.take() {
+                Some(update) => Poll::Ready(Some(update)),
+                None => rx.poll_recv(cx),
+            };
+            match next {
                 Poll::Ready(Some(update)) => {
-                    updates.push(update);
-                    if updates.len() >= MAX_BATCH_CALLS {
+                    let size = update.encoded_len();
+                    if !updates.is_empty() && bytes + size > MAX_RESPONSE_BYTES {
+                        carried = Some(update);
                         break;
                     }
+                    bytes += size;
+                    updates.push(update);
                 }
                 Poll::Ready(None) if updates.is_empty() => return Poll::Ready(None),
                 Poll::Pending if updates.is_empty() => return Poll::Pending,
@@ -275,5 +292,43 @@ impl ExecutorService for ExecutorGrpc {
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::ValidateActionResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An update whose event carries `bytes` bytes of error text.
+    fn update(tag: u64, bytes: usize) -> pb::ExecuteUpdate {
+        pb::ExecuteUpdate {
+            tag,
+            update: Some(pb::execute_update::Update::Error(pb::CallError {
+                code: 2,
+                message: "x".repeat(bytes),
+            })),
+        }
+    }
+
+    #[tokio::test]
+    async fn responses_gather_what_is_ready_up_to_a_megabyte() {
+        let (tx, rx) = mpsc::channel(16);
+        for (tag, bytes) in [
+            (1, 10),
+            (2, 10),
+            (3, 700_000),
+            (4, 700_000),
+            (5, 2_000_000),
+            (6, 10),
+        ] {
+            tx.send(update(tag, bytes)).await.unwrap();
+        }
+        drop(tx);
+        let responses: Vec<Vec<u64>> = batched(rx)
+            .map(|r| r.unwrap().updates.iter().map(|u| u.tag).collect())
+            .collect()
+            .await;
+        // Small ones share a response; none passes 1 MiB unless it is alone in it.
+        assert_eq!(responses, [vec![1, 2, 3], vec![4], vec![5], vec![6]]);
     }
 }

@@ -22,6 +22,7 @@ use almanac_proto::executor::v1::{
 use almanac_proto::time::{ms_to_timestamp, timestamp_to_ms};
 use async_trait::async_trait;
 use futures::StreamExt;
+use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
@@ -34,6 +35,11 @@ use crate::model::{CancelMode, RunStatus};
 
 /// The most calls one batch carries (the executor takes up to 1 000).
 const MAX_BATCH: usize = 512;
+
+/// The most encoded bytes of requests one batch carries (one larger request goes alone):
+/// far below a server's default 4 MiB limit on a message, though an action may carry a
+/// large body.
+const MAX_BATCH_BYTES: usize = 1 << 20;
 
 /// The executor over one HTTP/2 channel (many concurrent streams).
 #[derive(Clone)]
@@ -80,14 +86,28 @@ async fn gather(
     mut queued: mpsc::UnboundedReceiver<Queued>,
     single: Arc<AtomicBool>,
 ) {
-    while let Some(first) = queued.recv().await {
+    // A call taken that did not fit the previous batch: the next one starts with it.
+    let mut carried = None;
+    loop {
+        let first = match carried.take() {
+            Some(call) => call,
+            None => match queued.recv().await {
+                Some(call) => call,
+                None => return,
+            },
+        };
         tokio::task::yield_now().await;
+        let mut bytes = first.request.encoded_len();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
-            match queued.try_recv() {
-                Ok(call) => batch.push(call),
-                Err(_) => break,
+            let Ok(call) = queued.try_recv() else { break };
+            let size = call.request.encoded_len();
+            if bytes + size > MAX_BATCH_BYTES {
+                carried = Some(call);
+                break;
             }
+            bytes += size;
+            batch.push(call);
         }
         tokio::spawn(send_batch(client.clone(), batch, Arc::clone(&single)));
     }
@@ -608,6 +628,36 @@ mod tests {
             seen.len() < 4,
             "calls made together share batches: {seen:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_batch_stays_under_a_megabyte_of_requests() {
+        let stand_in = Arc::new(StandIn::default());
+        let client = serve(Arc::clone(&stand_in)).await;
+        let large = |key: &str| {
+            let mut call = call(key);
+            call.action = Action {
+                kind: Some(almanac_proto::executor::v1::action::Kind::CallApi(
+                    almanac_proto::executor::v1::CallApiAction {
+                        url: format!("http://127.0.0.1:1/{}", "x".repeat(700_000)),
+                        ..Default::default()
+                    },
+                )),
+            };
+            call
+        };
+        let stream = |call| {
+            let client = client.clone();
+            async move { client.execute(call).await.map(|_| ()) }
+        };
+        let (a, b, c) = tokio::join!(stream(large("a")), stream(large("b")), stream(call("c")));
+        assert!(a.is_ok() && b.is_ok() && c.is_ok(), "{a:?} {b:?} {c:?}");
+        let seen = stand_in.seen.lock().unwrap().clone();
+        assert_eq!(seen.iter().map(Vec::len).sum::<usize>(), 3, "{seen:?}");
+        for batch in &seen {
+            let large = batch.iter().filter(|k| *k != "c").count();
+            assert!(large <= 1, "two 700 kB calls never share a batch: {seen:?}");
+        }
     }
 
     #[tokio::test]
