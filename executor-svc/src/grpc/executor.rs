@@ -119,6 +119,7 @@ async fn forward(engine: Arc<Engine>, call: pb::ExecuteCall, tx: mpsc::Sender<pb
         }
     };
     while let Some(item) = events.next().await {
+        let ended = item.is_err();
         let update = match item {
             Ok(event) => {
                 let end = matches!(
@@ -135,8 +136,10 @@ async fn forward(engine: Arc<Engine>, call: pb::ExecuteCall, tx: mpsc::Sender<pb
             }
             Err(e) => failed(to_status(e)),
         };
-        if tx.send(update).await.is_err() {
-            return; // the client is gone; the execution goes on without it
+        // An error ends the call: nothing of it follows (the client is gone, or this
+        // call's stream failed as Execute's would).
+        if tx.send(update).await.is_err() || ended {
+            return;
         }
     }
 }
