@@ -205,35 +205,26 @@ async fn send_batch(
     }
 }
 
-/// `Execute` for one attempt (to an executor without `ExecuteBatch`), its events routed
-/// as `send_batch` routes a call's.
-async fn single_events(
-    client: &mut ExecutorServiceClient<Channel>,
+/// `Execute` for one attempt (to an executor without `ExecuteBatch`): its status is the
+/// call's answer, its stream the call's events.
+async fn execute_single(
+    mut client: ExecutorServiceClient<Channel>,
     request: ExecuteRequest,
-) -> Result<Events, CallError> {
-    let mut stream = client
+) -> Result<EventStream, CallError> {
+    let stream = client
         .execute(request)
         .await
         .map_err(|s| classify(&s))?
         .into_inner();
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let item = match stream.message().await {
-                Ok(Some(response)) => match response.event {
-                    Some(event) => Ok(convert_event(event)),
-                    None => Err(CallError::Transient("a response without an event".into())),
-                },
-                Ok(None) => return,
-                Err(status) => Err(classify(&status)),
-            };
-            let end = item.is_err();
-            if tx.send(item).is_err() || end {
-                return;
-            }
-        }
-    });
-    Ok(rx)
+    Ok(stream
+        .map(|item| match item {
+            Ok(response) => match response.event {
+                Some(event) => Ok(convert_event(event)),
+                None => Err(CallError::Transient("a response without an event".into())),
+            },
+            Err(status) => Err(classify(&status)),
+        })
+        .boxed())
 }
 
 fn classify(status: &Status) -> CallError {
@@ -309,8 +300,7 @@ impl ExecutorClient for GrpcExecutorClient {
             after_seq: call.after_seq,
         };
         if self.single.load(Ordering::Acquire) {
-            let events = single_events(&mut self.client.clone(), request).await?;
-            return Ok(UnboundedReceiverStream::new(events).boxed());
+            return execute_single(self.client.clone(), request).await;
         }
         let (reply, replied) = oneshot::channel();
         let gone = || CallError::Transient("the executor client is shutting down".into());
