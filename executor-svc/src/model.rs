@@ -161,11 +161,57 @@ pub struct NewExecution {
     pub owner: String,
     /// When that first lease ends unless renewed.
     pub lease_until_ms: i64,
+    /// A single action's first attempt, begun with the execution (its creator holds a
+    /// permit to run it): its `NodeStarted` is stored in the same transaction, as seq 2.
+    pub first_node: Option<FirstNode>,
+}
+
+/// The first attempt of a single action's node, begun as its execution is created.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FirstNode {
+    /// The node ([`SINGLE_ACTION_NODE`]).
+    pub node_id: String,
+    /// The node kind, e.g. "call_api".
+    pub kind: String,
+    /// What the node is given: the action with its templates rendered.
+    pub input: Value,
 }
 
 impl NewExecution {
+    /// The events the store holds once this is created, at `created_ms`:
+    /// `ExecutionStarted` (seq 1), then the first node's `NodeStarted` (seq 2) if begun.
+    pub fn events(&self) -> Vec<Event> {
+        let mut events = vec![Event::started(
+            &self.id,
+            &self.idempotency_key,
+            self.created_ms,
+        )];
+        if let Some(Transition::NodeStarted {
+            node_id, attempt, ..
+        }) = self.first_node_started()
+        {
+            events.push(Event {
+                execution_id: self.id.clone(),
+                seq: 2,
+                at_ms: self.created_ms,
+                kind: EventKind::NodeStarted { node_id, attempt },
+            });
+        }
+        events
+    }
+
+    /// The transition that begins the first node (attempt 1), if it is begun.
+    pub fn first_node_started(&self) -> Option<Transition> {
+        self.first_node.as_ref().map(|n| Transition::NodeStarted {
+            node_id: n.node_id.clone(),
+            kind: n.kind.clone(),
+            attempt: 1,
+            input: n.input.clone(),
+        })
+    }
+
     /// The record the store holds once this is created: RUNNING since `created_ms`, its
-    /// `ExecutionStarted` as seq 1, leased to its creator at epoch 1.
+    /// events as [`Self::events`] says, leased to its creator at epoch 1.
     pub fn record(&self) -> ExecutionRecord {
         ExecutionRecord {
             id: self.id.clone(),
@@ -183,7 +229,7 @@ impl NewExecution {
             created_ms: self.created_ms,
             started_ms: Some(self.created_ms),
             finished_ms: None,
-            last_seq: 1,
+            last_seq: if self.first_node.is_some() { 2 } else { 1 },
             pipeline: self.pipeline.clone(),
             owner: Some(self.owner.clone()),
             lease_until_ms: Some(self.lease_until_ms),
@@ -333,7 +379,8 @@ impl Event {
 /// the store applies in the same transaction.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Transition {
-    /// Insert the node attempt's row (RUNNING) and mark the execution RUNNING.
+    /// Insert the node attempt's row (RUNNING). (Executions are RUNNING from their
+    /// creation.)
     NodeStarted {
         /// The node.
         node_id: String,

@@ -230,6 +230,7 @@ async fn an_execution_stored_without_a_runner_runs_when_its_key_is_sent_again() 
             pipeline: None,
             owner: "solo".into(),
             lease_until_ms: now + 600_000,
+            first_node: None,
         })
         .await
         .unwrap();

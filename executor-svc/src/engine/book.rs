@@ -112,6 +112,7 @@ impl Book {
             try_number: self.tries_used[i] + 1,
             delay_until: self.delay_until[i],
             scope,
+            begun: None,
         }
     }
 }

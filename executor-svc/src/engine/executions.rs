@@ -4,16 +4,20 @@
 
 use std::sync::Arc;
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use almanac_proto::action::{FieldViolation, kind_name};
 use almanac_proto::executor::v1::{Action, ExecuteRequest, Origin, Pipeline};
 use almanac_proto::time::ms_to_timestamp;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use super::{Engine, EventStream, Live, runner};
+use super::node::{self, Begun};
+use super::runner::{self, Fresh};
+use super::{Engine, EventStream, Live};
 use crate::actions::templates;
 use crate::error::ExecutorError;
-use crate::model::{CancelMode, Event, ExecutionRecord, ListQuery, NewExecution, NodeRunRecord};
+use crate::model::{CancelMode, ExecutionRecord, ListQuery, NewExecution, NodeRunRecord};
 use crate::store::Lease;
 
 /// A validated request to run an action under an idempotency key.
@@ -88,7 +92,7 @@ impl Engine {
                 None => return Err(refused),
             },
             Ok(pipeline) => {
-                let new = NewExecution {
+                let mut new = NewExecution {
                     id: uuid::Uuid::now_v7().to_string(),
                     idempotency_key: key.clone(),
                     fingerprint: fingerprint.clone(),
@@ -99,8 +103,10 @@ impl Engine {
                     pipeline,
                     owner: self.leasing.replica_id.clone(),
                     lease_until_ms: self.lease_until(),
+                    first_node: None,
                 };
-                self.create(new).await?
+                let begun = self.begin_first(&mut new);
+                self.create(new, begun).await?
             }
         };
         if record.fingerprint != fingerprint {
@@ -118,7 +124,11 @@ impl Engine {
     /// dropped between the commit and the runner's start the execution would stay RUNNING
     /// with nobody running it. The step runs as a task of its own; the caller waits for it.
     /// Another request that won the insert of the same key is attached to instead.
-    async fn create(self: &Arc<Self>, new: NewExecution) -> Result<ExecutionRecord, ExecutorError> {
+    async fn create(
+        self: &Arc<Self>,
+        new: NewExecution,
+        begun: Option<(OwnedSemaphorePermit, Begun)>,
+    ) -> Result<ExecutionRecord, ExecutorError> {
         let engine = Arc::clone(self);
         let key = new.idempotency_key.clone();
         let creating = Creating::new(self, &new.id);
@@ -126,7 +136,12 @@ impl Engine {
             let _creating = creating;
             let created = engine.store.create_execution(&new).await?;
             tracing::debug!(execution_id = %created.id, idempotency_key = %new.idempotency_key, "execution started");
-            engine.start_runner(created.id.clone(), created.lease_epoch, Some(created.clone()));
+            let fresh = Fresh {
+                record: created.clone(),
+                events: new.events(),
+                begun,
+            };
+            engine.start_runner(created.id.clone(), created.lease_epoch, Some(fresh));
             Ok::<_, ExecutorError>(created)
         });
         let created = match step.await {
@@ -142,6 +157,22 @@ impl Engine {
             }
             other => other,
         }
+    }
+
+    /// Begins the first attempt of a new single action with its creation when a permit to
+    /// run it is free (taken now, without waiting: queued executions keep their turn), so
+    /// the attempt's `NodeStarted` is stored in the execution's own transaction and the
+    /// work goes out after one commit instead of two. A pipeline, a busy executor or a
+    /// deadline less than a second away leaves the beginning to the runner, as before.
+    fn begin_first(&self, new: &mut NewExecution) -> Option<(OwnedSemaphorePermit, Begun)> {
+        let far = new.deadline_ms.is_none_or(|d| d > new.created_ms + 1_000);
+        if new.pipeline.is_some() || !far {
+            return None;
+        }
+        let permit = Arc::clone(&self.permits).try_acquire_owned().ok()?;
+        let (first, begun) = node::begin_first(&new.record())?;
+        new.first_node = Some(first);
+        Some((permit, begun))
     }
 
     /// Whether this executor can run `action`: well formed, templates that parse and use
@@ -296,14 +327,14 @@ impl Engine {
     /// that cancels and watchers find it) and spawns its runner, unless one runs already
     /// under that epoch or a newer one. A runner here under an older epoch (its lease
     /// expired and this process adopted the execution again) is stopped first.
-    /// Runs the execution under the lease of `epoch`. `fresh` is the record of an
-    /// execution this process has just created (it has no node runs yet): the runner
-    /// starts from it instead of reading both back.
+    /// Runs the execution under the lease of `epoch`. `fresh` is an execution this process
+    /// has just created (no node runs yet, or its first node begun with it): the runner
+    /// starts from it instead of reading it back.
     pub(super) fn start_runner(
         self: &Arc<Self>,
         execution_id: String,
         epoch: u64,
-        fresh: Option<ExecutionRecord>,
+        fresh: Option<Fresh>,
     ) {
         let lease = Lease {
             owner: self.leasing.replica_id.clone(),
@@ -316,11 +347,11 @@ impl Engine {
                 running => running.cloned(),
             };
             let live = Arc::new(Live::new(lease));
-            if let Some(record) = &fresh {
-                // Its first event, committed with it: local watchers start from memory.
-                let started =
-                    Event::started(&record.id, &record.idempotency_key, record.created_ms);
-                live.committed(&started);
+            if let Some(fresh) = &fresh {
+                // Its first events, committed with it: local watchers start from memory.
+                for event in &fresh.events {
+                    live.committed(event);
+                }
             }
             map.insert(execution_id.clone(), Arc::clone(&live));
             (live, previous)

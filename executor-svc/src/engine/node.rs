@@ -12,12 +12,13 @@ use almanac_proto::time::ms_to_rfc3339;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::book::Book;
 use super::plan::{Plan, PlanNode, Work};
 use super::runner::Stop;
 use super::{Engine, Live};
 use crate::actions::templates::{self, RunContext};
 use crate::actions::{ActionContext, ActionError};
-use crate::model::{ExecutionRecord, NodeStatus, Transition};
+use crate::model::{ExecutionRecord, FirstNode, NodeStatus, Transition};
 use crate::pipeline::cel;
 
 /// Where a node starts (or resumes).
@@ -32,6 +33,45 @@ pub(super) struct NodeStart {
     pub delay_until: Option<i64>,
     /// What templates and CEL see: `input`, `nodes` (finished ancestors), `execution`.
     pub scope: Value,
+    /// The attempt, begun with the execution (a fresh single action's first).
+    pub begun: Option<Begun>,
+}
+
+/// A fresh single action's first attempt, begun as its execution was created: its
+/// `NodeStarted` (at `started_ms`) was stored with the execution, recording `kind`, the
+/// action rendered then, as the node's input.
+#[derive(Debug, Clone)]
+pub(super) struct Begun {
+    pub started_ms: i64,
+    pub kind: Box<almanac_proto::executor::v1::action::Kind>,
+}
+
+/// Begins the first attempt of a new single action, to be stored with its execution:
+/// the node's input (the action rendered for this execution) and what its runner needs to
+/// go on from there. `None` (the runner begins the attempt itself) for a pipeline, or an
+/// action whose templates do not render (the runner records that failure).
+pub(super) fn begin_first(record: &ExecutionRecord) -> Option<(FirstNode, Begun)> {
+    let plan = Plan::for_execution(&record.action, None).ok()?;
+    let node = plan.nodes.first().filter(|_| plan.single)?;
+    let Work::Action(kind) = &node.work else {
+        return None;
+    };
+    let scope = Book::from_runs(&plan, &[]).start(0, &plan, record).scope;
+    let rendered = render(record, kind, &scope).ok()?;
+    let input = serde_json::to_value(Action {
+        kind: Some(rendered.clone()),
+    })
+    .ok()?;
+    let first = FirstNode {
+        node_id: node.id.clone(),
+        kind: node.kind.to_owned(),
+        input,
+    };
+    let begun = Begun {
+        started_ms: record.created_ms,
+        kind: Box::new(rendered),
+    };
+    Some((first, begun))
 }
 
 /// How a node ended.
@@ -115,9 +155,10 @@ pub(super) async fn run_to_end(
         BreakerState::HalfOpen => true,
         BreakerState::Closed => false,
     };
+    let mut begun = start.begun.take();
     loop {
         let attempt = start.attempt;
-        match attempt_once(s, node, &start).await? {
+        match attempt_once(s, node, &start, begun.take()).await? {
             Outcome::Succeeded(output) => {
                 record_breaker(s, node, false).await?;
                 return Ok((i, NodeEnd::Succeeded(output)));
@@ -257,17 +298,13 @@ async fn append_failed(
     Ok(())
 }
 
-/// The action of a node with its templates rendered for this run and this scope.
+/// The action of a node with its templates rendered for this execution and this scope.
 fn render(
-    s: &Shared<'_>,
+    record: &ExecutionRecord,
     kind: &almanac_proto::executor::v1::action::Kind,
     scope: &Value,
 ) -> Result<almanac_proto::executor::v1::action::Kind, String> {
-    let mut ctx = RunContext::new(
-        s.record.origin.as_ref(),
-        &s.record.id,
-        &s.record.idempotency_key,
-    );
+    let mut ctx = RunContext::new(record.origin.as_ref(), &record.id, &record.idempotency_key);
     ctx.input = scope.get("input").cloned().unwrap_or(Value::Null);
     ctx.nodes = scope.get("nodes").cloned().unwrap_or(Value::Null);
     templates::render(
@@ -280,8 +317,32 @@ fn render(
     .ok_or_else(|| "the rendered action has no kind".to_owned())
 }
 
-/// One attempt: NodeStarted, the work, then NodeSucceeded or NodeFailed.
-async fn attempt_once(s: &Shared<'_>, node: &PlanNode, start: &NodeStart) -> Result<Outcome, Stop> {
+/// One attempt: NodeStarted (unless `begun` with the execution), the work, then
+/// NodeSucceeded or NodeFailed.
+async fn attempt_once(
+    s: &Shared<'_>,
+    node: &PlanNode,
+    start: &NodeStart,
+    begun: Option<Begun>,
+) -> Result<Outcome, Stop> {
+    let attempt = start.attempt;
+    let (started_ms, work) = match begun {
+        Some(begun) => (begun.started_ms, Prepared::Action(begun.kind)),
+        None => match begin(s, node, start).await? {
+            Ok(begun) => begun,
+            Err(failed) => return Ok(failed),
+        },
+    };
+    run_attempt(s, node, start, attempt, started_ms, work).await
+}
+
+/// Prepares an attempt's work and stores its `NodeStarted`: when it started and what to
+/// do, or how it ended already (its action did not render).
+async fn begin(
+    s: &Shared<'_>,
+    node: &PlanNode,
+    start: &NodeStart,
+) -> Result<Result<(i64, Prepared), Outcome>, Stop> {
     let attempt = start.attempt;
     let now = s.now();
     let prepared: Result<(Value, Prepared), ActionError> = match &node.work {
@@ -297,7 +358,7 @@ async fn attempt_once(s: &Shared<'_>, node: &PlanNode, start: &NodeStart) -> Res
                 Prepared::Delay(until),
             ))
         }
-        Work::Action(kind) => match render(s, kind, &start.scope) {
+        Work::Action(kind) => match render(s.record, kind, &start.scope) {
             Ok(rendered) => {
                 let input = serde_json::to_value(Action {
                     kind: Some(rendered.clone()),
@@ -313,10 +374,22 @@ async fn attempt_once(s: &Shared<'_>, node: &PlanNode, start: &NodeStart) -> Res
         Err(error) => {
             append_started(s, node, attempt, Value::Null).await?;
             append_failed(s, node, attempt, NodeStatus::Failed, &error).await?;
-            return Ok(Outcome::Failed(error));
+            return Ok(Err(Outcome::Failed(error)));
         }
     };
     let started_ms = append_started(s, node, attempt, input).await?;
+    Ok(Ok((started_ms, work)))
+}
+
+/// The work of a begun attempt, and its end stored.
+async fn run_attempt(
+    s: &Shared<'_>,
+    node: &PlanNode,
+    start: &NodeStart,
+    attempt: u32,
+    started_ms: i64,
+    work: Prepared,
+) -> Result<Outcome, Stop> {
     let work_done = async {
         match work {
             Prepared::Pass => Ok(s.plan.input.clone()),
@@ -430,4 +503,76 @@ async fn run_handler(
     let cancel = CancellationToken::new();
     let _stop_handler = cancel.clone().drop_guard();
     handler.run(&ctx, kind, cancel).await
+}
+
+#[cfg(test)]
+mod tests {
+    use almanac_proto::executor::v1::action::Kind;
+    use almanac_proto::executor::v1::{CallApiAction, ExecutePipelineAction, Origin};
+
+    use super::*;
+    use crate::model::NewExecution;
+
+    fn new_execution(action: Action) -> NewExecution {
+        NewExecution {
+            id: "e1".into(),
+            idempotency_key: "r1/1".into(),
+            fingerprint: String::new(),
+            action,
+            origin: Some(Origin {
+                schedule_id: "nightly".into(),
+                run_id: "r1".into(),
+                ..Default::default()
+            }),
+            deadline_ms: None,
+            created_ms: 5_000,
+            pipeline: None,
+            owner: "x".into(),
+            lease_until_ms: 0,
+            first_node: None,
+        }
+    }
+
+    fn call(url: &str) -> Action {
+        Action {
+            kind: Some(Kind::CallApi(CallApiAction {
+                url: url.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn a_single_action_begins_with_its_rendered_action_as_the_input() {
+        let new = new_execution(call("http://h/{{ schedule.id }}/{{ run.id }}"));
+        let (first, begun) = begin_first(&new.record()).expect("a single action begins");
+        let Kind::CallApi(rendered) = &*begun.kind else {
+            panic!("{:?}", begun.kind)
+        };
+        assert_eq!(rendered.url, "http://h/nightly/r1");
+        assert_eq!(begun.started_ms, 5_000, "it starts as it is created");
+        assert_eq!(first.node_id, "action");
+        assert_eq!(first.kind, "call_api");
+        assert_eq!(
+            first.input,
+            serde_json::to_value(Action {
+                kind: Some(Kind::CallApi(rendered.clone()))
+            })
+            .unwrap(),
+            "what NodeStarted records is what runs"
+        );
+    }
+
+    #[test]
+    fn a_pipeline_or_an_action_that_does_not_render_leaves_the_beginning_to_its_runner() {
+        let pipeline = Action {
+            kind: Some(Kind::ExecutePipeline(ExecutePipelineAction {
+                pipeline_id: "p".into(),
+                ..Default::default()
+            })),
+        };
+        assert!(begin_first(&new_execution(pipeline).record()).is_none());
+        let unrenderable = new_execution(call("http://h/{{ run.nope }}"));
+        assert!(begin_first(&unrenderable.record()).is_none());
+    }
 }

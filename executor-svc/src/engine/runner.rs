@@ -15,14 +15,24 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use serde_json::{Value, json};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::book::Book;
-use super::node::{NodeEnd, Shared, run_to_end};
+use super::node::{Begun, NodeEnd, Shared, run_to_end};
 use super::plan::Plan;
 use super::{Engine, Live};
 use crate::error::ExecutorError;
-use crate::model::{ExecutionRecord, ExecutionStatus, NodeStatus, Transition};
+use crate::model::{Event, ExecutionRecord, ExecutionStatus, NodeStatus, Transition};
 use crate::pipeline::graph::{State, Step};
+
+/// An execution this process has just created, for its runner to start from: its record,
+/// the events stored with it, and its first node's attempt with the permit it runs under
+/// when that attempt was begun with it.
+pub(super) struct Fresh {
+    pub record: ExecutionRecord,
+    pub events: Vec<Event>,
+    pub begun: Option<(OwnedSemaphorePermit, Begun)>,
+}
 
 /// Why a runner stopped before the end: the process is shutting down (the execution
 /// stays RUNNING), or the store failed.
@@ -46,7 +56,7 @@ pub(super) async fn run(
     engine: &Arc<Engine>,
     execution_id: &str,
     live: &Live,
-    mut fresh: Option<ExecutionRecord>,
+    mut fresh: Option<Fresh>,
 ) {
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -97,22 +107,23 @@ async fn release(engine: &Engine, execution_id: &str, live: &Live) {
 }
 
 /// Drives the execution from its committed state: `fresh` when it was just created here
-/// (no node runs yet), or else read back from the store.
+/// (no node runs yet, or its first node begun with it), or else read back from the store.
 async fn drive(
     engine: &Arc<Engine>,
     id: &str,
     live: &Live,
-    fresh: Option<ExecutionRecord>,
+    fresh: Option<Fresh>,
 ) -> Result<(), Stop> {
     // What an earlier drive staged and could not commit comes first.
     engine.flush_staged(live, id).await?;
-    let (record, mut runs) = match fresh {
-        Some(record) => (record, Vec::new()),
+    let (record, mut runs, begun) = match fresh {
+        Some(fresh) => (fresh.record, Vec::new(), fresh.begun),
         None => match engine.store.get_execution(id).await? {
-            Some(record) => (record, engine.store.node_runs(id).await?),
+            Some(record) => (record, engine.store.node_runs(id).await?, None),
             None => return Ok(()),
         },
     };
+    let (held, mut begun) = begun.unzip();
     if record.status.is_finished() {
         return Ok(());
     }
@@ -162,7 +173,10 @@ async fn drive(
     }
 
     // Executions waiting for a permit stay RUNNING.
-    let _permit = tokio::select! {
+    let _permit = if let Some(held) = held {
+        held
+    } else {
+        tokio::select! {
         permit = Arc::clone(&engine.permits).acquire_owned() => match permit {
             Ok(permit) => permit,
             Err(_) => return Err(Stop::Shutdown),
@@ -174,6 +188,7 @@ async fn drive(
             return finish_timed_out(engine, live, id, &plan, &Book::from_runs(&plan, &runs)).await;
         }
         () = engine.shutdown.cancelled() => return Err(Stop::Shutdown),
+        }
     };
 
     let mut book = Book::from_runs(&plan, &runs);
@@ -227,7 +242,10 @@ async fn drive(
                 && let Some(i) = ready.pop_front()
             {
                 nodes_running += 1;
-                let start = book.start(i, &plan, &record);
+                let mut start = book.start(i, &plan, &record);
+                if i == 0 {
+                    start.begun = begun.take();
+                }
                 running.push(Box::pin(async move {
                     run_to_end(shared, start).await.map(Some)
                 }));

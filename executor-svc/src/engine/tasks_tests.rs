@@ -193,6 +193,7 @@ async fn queues_over_a_store() -> (tempfile::TempDir, Arc<TaskQueues>, Cancellat
             pipeline: None,
             owner: "replica-a".into(),
             lease_until_ms: 60_000,
+            first_node: None,
         })
         .await
         .unwrap();

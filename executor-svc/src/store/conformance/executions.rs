@@ -9,8 +9,8 @@ use serde_json::json;
 
 use crate::error::ExecutorError;
 use crate::model::{
-    CancelMode, EventKind, ExecutionRecord, ExecutionStatus, ListQuery, NewExecution, NodeStatus,
-    Transition,
+    CancelMode, EventKind, ExecutionRecord, ExecutionStatus, FirstNode, ListQuery, NewExecution,
+    NodeStatus, Transition,
 };
 
 pub(super) fn new_execution(id: &str, key: &str, schedule: Option<&str>) -> NewExecution {
@@ -37,6 +37,7 @@ pub(super) fn new_execution(id: &str, key: &str, schedule: Option<&str>) -> NewE
         pipeline: None,
         owner: "replica-a".into(),
         lease_until_ms: 60_000,
+        first_node: None,
     }
 }
 
@@ -74,6 +75,57 @@ async fn a_new_execution_is_running_with_execution_started_as_seq_1(h) {
             idempotency_key: "k1".into()
         }
     );
+}
+
+async fn a_first_node_begun_with_its_execution_is_stored_with_it_as_seq_2(h) {
+    let store = h.open().await;
+    let mut new = new_execution("e1", "k1", None);
+    new.first_node = Some(FirstNode {
+        node_id: "action".into(),
+        kind: "call_api".into(),
+        input: json!({"callApi": {"url": "http://127.0.0.1:1/x"}}),
+    });
+    let created = store.create_execution(&new).await.unwrap();
+    let record = store.get_execution("e1").await.unwrap().expect("stored");
+    assert_eq!(created, record, "create returns what is stored");
+    assert_eq!(record.last_seq, 2);
+    let events = store.events_after("e1", 0, 10).await.unwrap();
+    assert_eq!(events, new.events(), "both events, as the new execution says");
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(
+        events[1].kind,
+        EventKind::NodeStarted {
+            node_id: "action".into(),
+            attempt: 1
+        }
+    );
+    let runs = store.node_runs("e1").await.unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, NodeStatus::Running);
+    assert_eq!(runs[0].attempt, 1);
+    assert_eq!(runs[0].started_ms, Some(1_000));
+    assert_eq!(
+        runs[0].input,
+        Some(json!({"callApi": {"url": "http://127.0.0.1:1/x"}}))
+    );
+    // The next append follows on.
+    let next = store
+        .append(
+            "e1",
+            2_000,
+            Transition::NodeSucceeded {
+                node_id: "action".into(),
+                attempt: 1,
+                output: json!(1),
+                duration_ms: 1_000,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(next.seq, 3);
 }
 
 async fn a_taken_key_is_already_exists_and_changes_nothing(h) {

@@ -25,6 +25,7 @@ async fn execution(store: &dyn ExecutorStore, id: &str) {
             pipeline: None,
             owner: "replica-a".into(),
             lease_until_ms: 60_000,
+            first_node: None,
         })
         .await
         .unwrap();

@@ -30,14 +30,19 @@ impl ExecutorStore for PostgresStore {
             .as_ref()
             .map(|o| o.schedule_id.clone())
             .unwrap_or_default();
-        let started =
-            encode_json(&Event::started(&new.id, &new.idempotency_key, new.created_ms).kind)?;
+        let payloads = new
+            .events()
+            .iter()
+            .map(|e| encode_json(&e.kind))
+            .collect::<Result<Vec<_>, _>>()?;
+        let first_node = new.first_node_started();
+        let last_seq = payloads.len() as i64;
         transaction!(self, |tx| {
             let inserted = sqlx::query(
                 "INSERT INTO executions (id, idempotency_key, fingerprint, action, origin,
                      schedule_id, deadline_ms, status, created_ms, started_ms, last_seq, pipeline,
                      owner, lease_until_ms, lease_epoch)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'RUNNING', $8, $8, 1, $9, $10, $11, 1)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'RUNNING', $8, $8, $12, $9, $10, $11, 1)",
             )
             .bind(&new.id)
             .bind(&new.idempotency_key)
@@ -50,6 +55,7 @@ impl ExecutorStore for PostgresStore {
             .bind(&pipeline)
             .bind(&new.owner)
             .bind(new.lease_until_ms)
+            .bind(last_seq)
             .execute(&mut *tx)
             .await;
             match inserted.map_err(classify) {
@@ -61,15 +67,21 @@ impl ExecutorStore for PostgresStore {
                 }
                 other => other?,
             };
-            sqlx::query(
-                "INSERT INTO events (execution_id, seq, at_ms, payload) VALUES ($1, 1, $2, $3)",
-            )
-            .bind(&new.id)
-            .bind(new.created_ms)
-            .bind(&started)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
+            if let Some(first_node) = &first_node {
+                apply(&mut tx, &new.id, new.created_ms, first_node).await?;
+            }
+            for (seq, payload) in (1i64..).zip(&payloads) {
+                sqlx::query(
+                    "INSERT INTO events (execution_id, seq, at_ms, payload) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(&new.id)
+                .bind(seq)
+                .bind(new.created_ms)
+                .bind(payload)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+            }
             // What was inserted is what the record says: no read back.
             Ok(new.record())
         })
@@ -317,15 +329,6 @@ async fn apply(
             .bind(i64::from(*attempt))
             .bind(kind)
             .bind(encode_json(input)?)
-            .bind(at_ms)
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?;
-            sqlx::query(
-                "UPDATE executions SET status = 'RUNNING', started_ms = COALESCE(started_ms, $2)
-                 WHERE id = $1",
-            )
-            .bind(execution_id)
             .bind(at_ms)
             .execute(&mut *conn)
             .await

@@ -33,11 +33,6 @@ pub(super) fn apply(
                 encode_json(input)?,
                 at_ms
             ])?;
-            tx.prepare_cached(
-                "UPDATE executions SET status = 'RUNNING', started_ms = COALESCE(started_ms, ?2)
-                 WHERE id = ?1",
-            )?
-            .execute(params![execution_id, at_ms])?;
         }
         Transition::NodeSucceeded {
             node_id,

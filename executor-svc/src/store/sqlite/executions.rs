@@ -66,8 +66,12 @@ impl ExecutorStore for SqliteStore {
             .map(|o| o.schedule_id.clone())
             .unwrap_or_default();
         let pipeline = new.pipeline.as_ref().map(encode_json).transpose()?;
-        let started =
-            encode_json(&Event::started(&new.id, &new.idempotency_key, new.created_ms).kind)?;
+        let payloads = new
+            .events()
+            .iter()
+            .map(|e| encode_json(&e.kind))
+            .collect::<Result<Vec<_>, _>>()?;
+        let first_node = new.first_node_started();
 
         // What is inserted is what the record says: it is returned without a read back.
         let record = new.record();
@@ -79,7 +83,7 @@ impl ExecutorStore for SqliteStore {
                     "INSERT INTO executions (id, idempotency_key, fingerprint, action, origin, schedule_id,
                          deadline_ms, status, created_ms, started_ms, last_seq, pipeline,
                          owner, lease_until_ms, lease_epoch)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'RUNNING', ?8, ?8, 1, ?9, ?10, ?11, 1)",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'RUNNING', ?8, ?8, ?12, ?9, ?10, ?11, 1)",
                 )?;
                 let inserted = insert.execute(params![
                     record.id,
@@ -93,6 +97,7 @@ impl ExecutorStore for SqliteStore {
                     pipeline,
                     record.owner,
                     record.lease_until_ms,
+                    record.last_seq as i64,
                 ]);
                 match inserted.map_err(ExecutorError::from) {
                     Err(ExecutorError::AlreadyExists(_)) => {
@@ -103,10 +108,15 @@ impl ExecutorStore for SqliteStore {
                     }
                     other => other?,
                 };
-                tx.prepare_cached(
-                    "INSERT INTO events (execution_id, seq, at_ms, payload) VALUES (?1, 1, ?2, ?3)",
-                )?
-                .execute(params![record.id, record.created_ms, started])?;
+                if let Some(first_node) = &first_node {
+                    apply(tx, &record.id, record.created_ms, first_node)?;
+                }
+                for (seq, payload) in (1i64..).zip(&payloads) {
+                    tx.prepare_cached(
+                        "INSERT INTO events (execution_id, seq, at_ms, payload) VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![record.id, seq, record.created_ms, payload])?;
+                }
                 Ok(record)
             })
             .await
