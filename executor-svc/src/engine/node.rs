@@ -327,7 +327,11 @@ async fn attempt_once(
 ) -> Result<Outcome, Stop> {
     let attempt = start.attempt;
     let (started_ms, work) = match begun {
-        Some(begun) => (begun.started_ms, Prepared::Action(begun.kind)),
+        Some(begun) => {
+            tracing::debug!(execution_id = %s.record.id, node_id = %node.id, attempt, kind = node.kind,
+                "node started (with its execution)");
+            (begun.started_ms, Prepared::Action(begun.kind))
+        }
         None => match begin(s, node, start).await? {
             Ok(begun) => begun,
             Err(failed) => return Ok(failed),
