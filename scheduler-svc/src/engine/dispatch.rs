@@ -26,9 +26,16 @@ use super::clock::Clock;
 use super::executor::{CallError, ExecEvent, ExecuteCall, ExecutorClient};
 use super::ledger_writer::LedgerWriter;
 use crate::model::{AttemptOutcome, DispatchJob, RunStatus};
-use crate::store::{ClaimLease, FIRST_EPOCH, LedgerUpdate, SchedulerStore, StoreError};
+use crate::store::{
+    AttemptStart, ClaimLease, FIRST_EPOCH, LedgerUpdate, SchedulerStore, StoreError,
+};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// How long an attempt's start waits for its finish before it is written alone: most
+/// executions a schedule fires end within it, and their start then goes with the finish
+/// (one ledger write instead of two). A run shows PENDING at most this long after its
+/// execution started.
+const START_HOLD: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// How much the dispatcher may do at once, and under which name it holds leases.
@@ -443,6 +450,7 @@ impl Dispatcher {
                         fence: Some(epoch),
                         attempt: job.attempt,
                         outcome,
+                        started: None,
                     })
                     .await;
                 return Followed::Finished {
@@ -452,7 +460,30 @@ impl Dispatcher {
             }
         };
         let mut seq = after_seq;
-        while let Some(item) = stream.next().await {
+        // The start, held back until its finish or START_HOLD, whichever comes first.
+        let mut held: Option<(AttemptStart, u64, tokio::time::Instant)> = None;
+        let started = |(start, s): (AttemptStart, u64)| LedgerUpdate::Started {
+            run_id: job.run_id.clone(),
+            fence: Some(epoch),
+            attempt: job.attempt,
+            execution_id: start.execution_id,
+            started_ms: start.started_ms,
+            last_seq: s,
+        };
+        loop {
+            let item = match &held {
+                None => stream.next().await,
+                Some((_, _, until)) => tokio::select! {
+                    item = stream.next() => item,
+                    () = tokio::time::sleep_until(*until) => {
+                        if let Some((start, s, _)) = held.take() {
+                            writer.submit(started((start, s)));
+                        }
+                        continue;
+                    }
+                },
+            };
+            let Some(item) = item else { break };
             match item {
                 Ok(ExecEvent::Started {
                     seq: s,
@@ -460,14 +491,11 @@ impl Dispatcher {
                     at_ms,
                 }) => {
                     seq = seq.max(s);
-                    writer.submit(LedgerUpdate::Started {
-                        run_id: job.run_id.clone(),
-                        fence: Some(epoch),
-                        attempt: job.attempt,
+                    let start = AttemptStart {
                         execution_id,
                         started_ms: at_ms,
-                        last_seq: s,
-                    });
+                    };
+                    held = Some((start, s, tokio::time::Instant::now() + START_HOLD));
                 }
                 Ok(ExecEvent::Finished {
                     seq: s,
@@ -490,6 +518,7 @@ impl Dispatcher {
                         fence: Some(epoch),
                         attempt: job.attempt,
                         outcome,
+                        started: held.take().map(|(start, _, _)| start),
                     };
                     let committed = writer.commit(update).await;
                     if committed {
@@ -507,12 +536,18 @@ impl Dispatcher {
                 }
                 Ok(ExecEvent::Other { seq: s }) => seq = seq.max(s),
                 Err(e) => {
+                    if let Some((start, s, _)) = held.take() {
+                        writer.submit(started((start, s)));
+                    }
                     return Followed::Broken {
                         seq,
                         error: e.to_string(),
                     };
                 }
             }
+        }
+        if let Some((start, s, _)) = held.take() {
+            writer.submit(started((start, s)));
         }
         Followed::Broken {
             seq,

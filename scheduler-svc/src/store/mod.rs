@@ -133,7 +133,18 @@ pub enum LedgerUpdate {
         fence: Option<i64>,
         attempt: u32,
         outcome: AttemptOutcome,
+        /// Its start, when no `Started` was written for it: the dispatcher holds a start
+        /// back for a moment, and the finish that follows within it carries the start
+        /// (one write of the ledger instead of two).
+        started: Option<AttemptStart>,
     },
+}
+
+/// The start of an attempt: the execution it became, and when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptStart {
+    pub execution_id: String,
+    pub started_ms: i64,
 }
 
 /// Where a page of runs starts: after this (nominal time, run id), newest first.

@@ -133,6 +133,7 @@ async fn a_lease_is_taken_renewed_and_adopted_after_it_expires(store: Store) {
         fence: Some(4),
         attempt: 1,
         outcome: outcome(RunStatus::Succeeded, T0 + 5 * TTL),
+        started: None,
     };
     store.apply_updates(&[done], T0 + 5 * TTL).await.unwrap();
     assert_eq!(
@@ -200,6 +201,7 @@ async fn a_driver_that_lost_its_run_writes_nothing(store: Store) {
         fence: Some(fence),
         attempt: 1,
         outcome: outcome(status, T0 + TTL + 9),
+        started: None,
     };
     // The zombie's failure arrives first and is dropped; the adopter's success lands.
     store

@@ -8,7 +8,7 @@ use super::{
 };
 use crate::engine::overlap::InFlight;
 use crate::model::{AttemptOutcome, RunStatus, Schedule, ScheduleState, Trigger, execution_key};
-use crate::store::{Effect, LedgerUpdate, RunCursor, StoreError};
+use crate::store::{AttemptStart, Effect, LedgerUpdate, RunCursor, StoreError};
 
 conformance!(
     a_claim_writes_the_run_its_attempt_and_the_next_fire,
@@ -20,6 +20,7 @@ conformance!(
     concurrent_manual_runs_with_one_request_id_make_one_run,
     runs_page_newest_first_with_a_cursor_and_a_status_filter,
     updates_move_a_run_to_running_and_to_its_end,
+    a_finish_that_carries_its_start_writes_both,
     a_retryable_failure_adds_an_attempt,
     in_flight_runs_and_an_unreadable_run_ending_failed,
 );
@@ -296,6 +297,7 @@ pub async fn finish(store: &Store, run: &str, attempt: u32, status: RunStatus) -
                         finished_ms: T0 + 20,
                         last_seq: 4,
                     },
+                    started: None,
                 },
             ],
             T0 + 20,
@@ -338,6 +340,7 @@ async fn updates_move_a_run_to_running_and_to_its_end(store: Store) {
         fence: None,
         attempt: 1,
         outcome: outcome.clone(),
+        started: None,
     };
     let effects = store
         .apply_updates(std::slice::from_ref(&finished), T0 + 99)
@@ -366,6 +369,81 @@ async fn updates_move_a_run_to_running_and_to_its_end(store: Store) {
         .unwrap();
     assert!(effects.is_empty());
     assert_eq!(store.get_run(&run_id).await.unwrap().unwrap(), run);
+}
+
+async fn a_finish_that_carries_its_start_writes_both(store: Store) {
+    let finished = |run_id: &str, status, started_ms| LedgerUpdate::Finished {
+        run_id: run_id.to_owned(),
+        fence: None,
+        attempt: 1,
+        outcome: AttemptOutcome {
+            status,
+            error: (status != RunStatus::Succeeded).then(|| "boom".to_owned()),
+            result: None,
+            retryable: true,
+            finished_ms: T0 + 50,
+            last_seq: 4,
+        },
+        started: Some(AttemptStart {
+            execution_id: "exec-1".into(),
+            started_ms,
+        }),
+    };
+    // A run whose start was never written ends with it.
+    let run_id = one_run(&store, "carried", T0).await;
+    store
+        .apply_updates(&[finished(&run_id, RunStatus::Succeeded, T0 + 10)], T0 + 50)
+        .await
+        .unwrap();
+    let run = store.get_run(&run_id).await.unwrap().unwrap();
+    assert_eq!(
+        (run.status, run.started_ms, run.finished_ms),
+        (RunStatus::Succeeded, Some(T0 + 10), Some(T0 + 50))
+    );
+    assert_eq!(run.attempts[0].execution_id.as_deref(), Some("exec-1"));
+    assert_eq!(run.attempts[0].started_ms, Some(T0 + 10));
+
+    // A retried attempt keeps its start too.
+    let mut s = super::schedule("carried-retry", Some(T0));
+    s.policy.retry = Some(crate::model::RetryPolicy {
+        max_attempts: 2,
+        initial_backoff_ms: 500,
+        max_backoff_ms: 500,
+        multiplier: 2.0,
+    });
+    store.insert_schedule(&s).await.unwrap();
+    let retried = claim(&store, "carried-retry", T0).await.remove(0);
+    let effects = store
+        .apply_updates(&[finished(&retried, RunStatus::Failed, T0 + 12)], T0 + 50)
+        .await
+        .unwrap();
+    assert_eq!(effects, vec![Effect::Dispatch(retried.clone())]);
+    let run = store.get_run(&retried).await.unwrap().unwrap();
+    assert_eq!((run.status, run.attempt), (RunStatus::Pending, 2));
+    assert_eq!(run.started_ms, Some(T0 + 12));
+    assert_eq!(run.attempts[0].execution_id.as_deref(), Some("exec-1"));
+    assert_eq!(run.attempts[0].started_ms, Some(T0 + 12));
+
+    // A start written before keeps its time: the carried one fills only what is empty.
+    let written = one_run(&store, "written-first", T0).await;
+    let started = LedgerUpdate::Started {
+        run_id: written.clone(),
+        fence: None,
+        attempt: 1,
+        execution_id: "exec-1".into(),
+        started_ms: T0 + 5,
+        last_seq: 1,
+    };
+    store
+        .apply_updates(
+            &[started, finished(&written, RunStatus::Succeeded, T0 + 30)],
+            T0 + 50,
+        )
+        .await
+        .unwrap();
+    let run = store.get_run(&written).await.unwrap().unwrap();
+    assert_eq!(run.started_ms, Some(T0 + 5));
+    assert_eq!(run.attempts[0].started_ms, Some(T0 + 5));
 }
 
 async fn a_retryable_failure_adds_an_attempt(store: Store) {

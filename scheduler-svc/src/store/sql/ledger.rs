@@ -422,8 +422,11 @@ pub async fn apply_update(
             run_id,
             attempt,
             outcome,
+            started,
             ..
-        } => return finish_attempt(conn, run_id, *attempt, outcome, now_ms).await,
+        } => {
+            return finish_attempt(conn, run_id, *attempt, outcome, started.as_ref(), now_ms).await;
+        }
     }
     Ok(Vec::new())
 }

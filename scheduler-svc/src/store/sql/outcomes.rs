@@ -9,7 +9,7 @@ use super::schedules::{load_schedule, to_json};
 use super::{Conn, params};
 use crate::engine::finish::plan_finish;
 use crate::model::{AttemptOutcome, CancelMode, Run, RunStatus, execution_key};
-use crate::store::{Effect, StoreError};
+use crate::store::{AttemptStart, Effect, StoreError};
 
 /// The run's schedule id, status, current attempt, trigger-independent facts.
 struct RunHead {
@@ -70,14 +70,20 @@ pub async fn finish_attempt(
     run_id: &str,
     attempt: u32,
     outcome: &AttemptOutcome,
+    started: Option<&AttemptStart>,
     now_ms: i64,
 ) -> Result<Vec<Effect>, StoreError> {
     let status = status_str(outcome.status);
     let result = outcome.result.as_ref().map(to_json).transpose()?;
+    // A start carried by the finish fills what its own update would have (nothing when
+    // that update was written).
+    let execution_id = started.map(|s| s.execution_id.as_str());
+    let started_ms = started.map(|s| s.started_ms);
     let closed = conn
         .execute(
             "UPDATE attempts SET status = $1, error = $2, retryable = $3, finished_ms = $4, \
-             last_seq = CASE WHEN last_seq > $5 THEN last_seq ELSE $5 END \
+             last_seq = CASE WHEN last_seq > $5 THEN last_seq ELSE $5 END, \
+             execution_id = COALESCE(execution_id, $8), started_ms = COALESCE(started_ms, $9) \
              WHERE run_id = $6 AND number = $7 AND status IN ('PENDING', 'RUNNING')",
             params![
                 status,
@@ -87,6 +93,8 @@ pub async fn finish_attempt(
                 outcome.last_seq as i64,
                 run_id,
                 attempt,
+                execution_id,
+                started_ms,
             ],
         )
         .await?;
@@ -109,8 +117,8 @@ pub async fn finish_attempt(
     let mut effects = Vec::new();
     if let Some(wait) = plan.retry_in_ms {
         conn.execute(
-            "UPDATE runs SET error = $1 WHERE id = $2",
-            params![outcome.error.as_deref(), run_id],
+            "UPDATE runs SET error = $1, started_ms = COALESCE(started_ms, $3) WHERE id = $2",
+            params![outcome.error.as_deref(), run_id, started_ms],
         )
         .await?;
         new_attempt(
@@ -126,7 +134,8 @@ pub async fn finish_attempt(
     }
     conn.execute(
         "UPDATE runs SET status = $1, error = $2, result = $3, finished_ms = $4, \
-         notification = $5, notification_status = $6 WHERE id = $7",
+         notification = $5, notification_status = $6, started_ms = COALESCE(started_ms, $8) \
+         WHERE id = $7",
         params![
             status,
             outcome.error.as_deref(),
@@ -135,6 +144,7 @@ pub async fn finish_attempt(
             plan.notify.map(notification_str),
             plan.notify.map(|_| "PENDING"),
             run_id,
+            started_ms,
         ],
     )
     .await?;
