@@ -152,6 +152,8 @@ def main():
         report = json.loads(http_get(f"{base}/report?{query}"))
         rss = {name: peak_rss_mb(p.pid) for name, p in zip(["executor", "scheduler"], procs)}
         cpu = sum(cpu1[p] - cpu0[p] for p in cpu1)
+        cpu_by = {name: round((cpu1[p.pid] - cpu0[p.pid]) * 1e6 / max(report.get("unique", 0), 1), 1)
+                  for name, p in zip(["executor", "scheduler"], procs)}
         delivered = max(report.get("unique", 0), 1)
         row = {
             "system": "almanac",
@@ -164,6 +166,7 @@ def main():
             "create_s": round(create_s, 2),
             "cpu_s": round(cpu, 2),
             "cpu_us_per_fire": round(cpu * 1e6 / delivered, 1),
+            "cpu_us_per_fire_by_process": cpu_by,
             "peak_rss_mb": rss,
             "report": report,
         }
@@ -180,7 +183,8 @@ def main():
     lat = r.get("lateness_ms") or {}
     print(f"# {row['label']}: delivered {r.get('unique')}/{r.get('expected')} "
           f"(missing {r.get('missing')}, duplicates {r.get('duplicates')}), lateness {lat}, "
-          f"{row['cpu_us_per_fire']} us CPU per fire, peak RSS {rss}", file=sys.stderr)
+          f"{row['cpu_us_per_fire']} us CPU per fire {row['cpu_us_per_fire_by_process']}, "
+          f"peak RSS {rss}", file=sys.stderr)
 
 
 if __name__ == "__main__":
