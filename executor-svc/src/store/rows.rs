@@ -13,8 +13,8 @@ use super::pipelines::Breaker;
 use super::tasks::{NewTask, ProcessGroupRecord, TaskRecord, TaskStatus};
 use crate::error::ExecutorError;
 use crate::model::{
-    CancelMode, Event, EventKind, ExecutionRecord, ExecutionStatus, NodeRunRecord, NodeStatus,
-    Transition,
+    CancelMode, Event, EventKind, ExecutionRecord, ExecutionStatus, NewExecution, NodeRunRecord,
+    NodeStatus, Transition,
 };
 
 /// The columns `execution_from_row` reads, in a SELECT list.
@@ -109,6 +109,11 @@ fn corrupt(column: &str, e: impl std::fmt::Display) -> ExecutorError {
 }
 
 /// JSON text of a value (proto messages use their canonical proto3 JSON).
+/// The payloads, as stored, of the events a new execution is created with (seq 1 on).
+pub(crate) fn creation_payloads(new: &NewExecution) -> Result<Vec<String>, ExecutorError> {
+    new.events().iter().map(|e| encode_json(&e.kind)).collect()
+}
+
 /// The events `transitions` append to `execution_id` (their seqs still 0: `numbered`
 /// gives them once the transaction knows the first), and each event's payload as stored.
 pub(crate) fn events_of(

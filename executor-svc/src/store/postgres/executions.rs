@@ -15,7 +15,7 @@ use crate::model::{
 use crate::store::ExecutorStore;
 use crate::store::leases::Lease;
 use crate::store::rows::{
-    EXECUTION_COLUMNS, NODE_RUN_COLUMNS, encode_json, event_from_row, events_of,
+    EXECUTION_COLUMNS, NODE_RUN_COLUMNS, creation_payloads, encode_json, event_from_row, events_of,
     execution_from_row, node_run_from_row, numbered,
 };
 
@@ -30,11 +30,7 @@ impl ExecutorStore for PostgresStore {
             .as_ref()
             .map(|o| o.schedule_id.clone())
             .unwrap_or_default();
-        let payloads = new
-            .events()
-            .iter()
-            .map(|e| encode_json(&e.kind))
-            .collect::<Result<Vec<_>, _>>()?;
+        let payloads = creation_payloads(new)?;
         let first_node = new.first_node_started();
         let last_seq = payloads.len() as i64;
         transaction!(self, |tx| {

@@ -16,8 +16,8 @@ use crate::model::{
 use crate::store::ExecutorStore;
 use crate::store::leases::Lease;
 use crate::store::rows::{
-    EXECUTION_COLUMNS, NODE_RUN_COLUMNS, SqliteRow, encode_json, event_from_row, events_of,
-    execution_from_row, node_run_from_row, numbered,
+    EXECUTION_COLUMNS, NODE_RUN_COLUMNS, SqliteRow, creation_payloads, encode_json, event_from_row,
+    events_of, execution_from_row, node_run_from_row, numbered,
 };
 
 /// One execution by id, on `conn` (a reader, or the writer inside a transaction).
@@ -66,11 +66,7 @@ impl ExecutorStore for SqliteStore {
             .map(|o| o.schedule_id.clone())
             .unwrap_or_default();
         let pipeline = new.pipeline.as_ref().map(encode_json).transpose()?;
-        let payloads = new
-            .events()
-            .iter()
-            .map(|e| encode_json(&e.kind))
-            .collect::<Result<Vec<_>, _>>()?;
+        let payloads = creation_payloads(new)?;
         let first_node = new.first_node_started();
 
         // What is inserted is what the record says: it is returned without a read back.

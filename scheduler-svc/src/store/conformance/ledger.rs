@@ -404,14 +404,10 @@ async fn a_finish_that_carries_its_start_writes_both(store: Store) {
     assert_eq!(run.attempts[0].started_ms, Some(T0 + 10));
 
     // A retried attempt keeps its start too.
-    let mut s = super::schedule("carried-retry", Some(T0));
-    s.policy.retry = Some(crate::model::RetryPolicy {
-        max_attempts: 2,
-        initial_backoff_ms: 500,
-        max_backoff_ms: 500,
-        multiplier: 2.0,
-    });
-    store.insert_schedule(&s).await.unwrap();
+    store
+        .insert_schedule(&retried_twice("carried-retry"))
+        .await
+        .unwrap();
     let retried = claim(&store, "carried-retry", T0).await.remove(0);
     let effects = store
         .apply_updates(&[finished(&retried, RunStatus::Failed, T0 + 12)], T0 + 50)
@@ -446,14 +442,20 @@ async fn a_finish_that_carries_its_start_writes_both(store: Store) {
     assert_eq!(run.attempts[0].started_ms, Some(T0 + 5));
 }
 
-async fn a_retryable_failure_adds_an_attempt(store: Store) {
-    let mut s = super::schedule("retried", Some(T0));
+/// A schedule due at T0 whose runs make two attempts, 500 ms apart.
+fn retried_twice(id: &str) -> Schedule {
+    let mut s = super::schedule(id, Some(T0));
     s.policy.retry = Some(crate::model::RetryPolicy {
         max_attempts: 2,
         initial_backoff_ms: 500,
         max_backoff_ms: 500,
         multiplier: 2.0,
     });
+    s
+}
+
+async fn a_retryable_failure_adds_an_attempt(store: Store) {
+    let mut s = retried_twice("retried");
     s.policy.timeout_ms = Some(1_000);
     store.insert_schedule(&s).await.unwrap();
     let run_id = claim(&store, "retried", T0).await.remove(0);
