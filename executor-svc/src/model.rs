@@ -186,15 +186,15 @@ impl NewExecution {
             &self.idempotency_key,
             self.created_ms,
         )];
-        if let Some(Transition::NodeStarted {
-            node_id, attempt, ..
-        }) = self.first_node_started()
-        {
+        if let Some(first) = &self.first_node {
             events.push(Event {
                 execution_id: self.id.clone(),
                 seq: 2,
                 at_ms: self.created_ms,
-                kind: EventKind::NodeStarted { node_id, attempt },
+                kind: EventKind::NodeStarted {
+                    node_id: first.node_id.clone(),
+                    attempt: 1,
+                },
             });
         }
         events

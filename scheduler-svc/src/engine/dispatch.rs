@@ -462,13 +462,18 @@ impl Dispatcher {
         let mut seq = after_seq;
         // The start, held back until its finish or START_HOLD, whichever comes first.
         let mut held: Option<(AttemptStart, u64, tokio::time::Instant)> = None;
-        let started = |(start, s): (AttemptStart, u64)| LedgerUpdate::Started {
-            run_id: job.run_id.clone(),
-            fence: Some(epoch),
-            attempt: job.attempt,
-            execution_id: start.execution_id,
-            started_ms: start.started_ms,
-            last_seq: s,
+        // Writes a held start alone.
+        let flush = |held: Option<(AttemptStart, u64, tokio::time::Instant)>| {
+            if let Some((start, s, _)) = held {
+                writer.submit(LedgerUpdate::Started {
+                    run_id: job.run_id.clone(),
+                    fence: Some(epoch),
+                    attempt: job.attempt,
+                    execution_id: start.execution_id,
+                    started_ms: start.started_ms,
+                    last_seq: s,
+                });
+            }
         };
         loop {
             let item = match &held {
@@ -476,9 +481,7 @@ impl Dispatcher {
                 Some((_, _, until)) => tokio::select! {
                     item = stream.next() => item,
                     () = tokio::time::sleep_until(*until) => {
-                        if let Some((start, s, _)) = held.take() {
-                            writer.submit(started((start, s)));
-                        }
+                        flush(held.take());
                         continue;
                     }
                 },
@@ -536,9 +539,7 @@ impl Dispatcher {
                 }
                 Ok(ExecEvent::Other { seq: s }) => seq = seq.max(s),
                 Err(e) => {
-                    if let Some((start, s, _)) = held.take() {
-                        writer.submit(started((start, s)));
-                    }
+                    flush(held.take());
                     return Followed::Broken {
                         seq,
                         error: e.to_string(),
@@ -546,9 +547,7 @@ impl Dispatcher {
                 }
             }
         }
-        if let Some((start, s, _)) = held.take() {
-            writer.submit(started((start, s)));
-        }
+        flush(held.take());
         Followed::Broken {
             seq,
             error: "event stream ended before the execution finished".into(),
