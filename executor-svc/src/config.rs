@@ -56,7 +56,8 @@ pub struct Config {
     /// A PostgreSQL database (`postgres://…` or `postgresql://…`; its tables go in the
     /// schema `executor`) instead of the SQLite file; any other scheme is a start-up error.
     pub database_url: Option<String>,
-    /// How many executions may run their actions at once (default 256).
+    /// How many executions may run their actions at once
+    /// (`DEFAULT_MAX_CONCURRENT_EXECUTIONS`).
     pub max_concurrent_executions: usize,
     /// What actions may use: secrets, SMTP profiles, networks, programs.
     pub actions: ActionsConfig,
@@ -74,6 +75,15 @@ pub struct Config {
     pub lease_ttl: Duration,
 }
 
+/// How many executions run their actions at once when the configuration does not say:
+/// Temporal's workers default to 1 000 concurrent activities. An execution waiting for
+/// a permit has not begun its node, so a burst larger than this begins its nodes in
+/// commits of their own instead of with its executions (BENCHMARKS.md: 1 000 instead of
+/// 256 cost ~0.9× the CPU per fire at a burst of 1 000). Each running `call_api` may
+/// hold a socket: the executor raises its open-file limit at start
+/// (`server::raise_open_files_limit`).
+pub const DEFAULT_MAX_CONCURRENT_EXECUTIONS: usize = 1000;
+
 /// How long finished executions are kept when the configuration does not say.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The shortest retention accepted.
@@ -87,7 +97,7 @@ impl Config {
         Self {
             database_path: database_path.into(),
             database_url: None,
-            max_concurrent_executions: 256,
+            max_concurrent_executions: DEFAULT_MAX_CONCURRENT_EXECUTIONS,
             actions: ActionsConfig::default(),
             retention: DEFAULT_RETENTION,
             replica_id: uuid::Uuid::now_v7().to_string(),

@@ -25,12 +25,54 @@ use crate::store::{Backend, ExecutorStore};
 
 pub use crate::error::ServerError;
 
+/// Open files the process needs besides its running actions' sockets: the databases,
+/// gRPC connections, pipes of `run_task` children, the listener.
+const FILES_BESIDES_ACTIONS: u64 = 256;
+
+/// Raises this process's soft limit on open files to its hard limit, as Go's runtime
+/// does at start: every running `call_api` may hold a socket, and a soft limit of 1 024
+/// (a common default) is below what `max_concurrent_executions` (1 000 by default) of
+/// them need. Warns when even the hard limit is too low. Returns the soft limit now in
+/// force, if it could be read.
+pub fn raise_open_files_limit(max_concurrent_executions: usize) -> Option<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)
+        .inspect_err(|error| tracing::warn!(%error, "cannot read the open-file limit"))
+        .ok()?;
+    let soft = if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => {
+                tracing::debug!(from = soft, to = hard, "open-file limit raised");
+                hard
+            }
+            Err(error) => {
+                tracing::warn!(%error, limit = soft, "cannot raise the open-file limit");
+                soft
+            }
+        }
+    } else {
+        soft
+    };
+    let needed = (max_concurrent_executions as u64).saturating_add(FILES_BESIDES_ACTIONS);
+    if soft < needed {
+        tracing::warn!(
+            limit = soft,
+            max_concurrent_executions,
+            "the open-file limit is below what this many running actions may need: \
+             raise it (ulimit -n, LimitNOFILE=) or lower --max-concurrent-executions"
+        );
+    }
+    Some(soft)
+}
+
 /// Runs the executor on `listener` until `shutdown` resolves.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    raise_open_files_limit(config.max_concurrent_executions);
     let backend = Backend::from_config(&config)?;
     let store: Arc<dyn ExecutorStore> = backend.clone().open().await?;
     let env = ActionEnv::new(config.actions.clone()).map_err(ServerError::HttpClient)?;
@@ -172,4 +214,24 @@ pub async fn run(
 /// pieces (every streamed event) waits for the peer's delayed ACK, ~40 ms on Linux.
 fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
+    use super::*;
+
+    #[test]
+    fn the_open_file_soft_limit_is_raised_to_the_hard_limit() {
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        // Start from a low soft limit (nextest runs each test in its own process).
+        let low = hard.min(512);
+        setrlimit(Resource::RLIMIT_NOFILE, low, hard).unwrap();
+        let raised = raise_open_files_limit(1000);
+        let (now, _) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        setrlimit(Resource::RLIMIT_NOFILE, soft.max(now), hard).unwrap();
+        assert_eq!(raised, Some(hard));
+        assert_eq!(now, hard);
+    }
 }

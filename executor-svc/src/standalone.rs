@@ -48,7 +48,7 @@ pub struct ServeArgs {
     #[arg(long, env = "ALMANAC_EXECUTOR_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
     pub retention: std::time::Duration,
     /// How many executions may run their actions at once.
-    #[arg(long, env = "ALMANAC_EXECUTOR_MAX_CONCURRENT", default_value_t = 256)]
+    #[arg(long, env = "ALMANAC_EXECUTOR_MAX_CONCURRENT", default_value_t = crate::config::DEFAULT_MAX_CONCURRENT_EXECUTIONS)]
     pub max_concurrent_executions: usize,
     /// This executor's name among the replicas sharing a database (it owns the leases of
     /// the executions it runs). Give a stable one (e.g. the pod name) so that a restarted
