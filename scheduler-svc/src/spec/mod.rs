@@ -18,7 +18,7 @@ use cron_schedule::CronSchedule;
 pub use jitter::jitter_ms;
 
 /// When a schedule fires; stored as JSON by the scheduler (serde, tagged).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Spec {
     /// A crontab(5) expression read like Vixie cron, in an IANA time zone ("" means UTC).
