@@ -36,7 +36,7 @@ assert rep["unique"] == rep["expected"] == 40 and rep["duplicates"] == 0, rep
 print(f"    W1: {rep['unique']}/{rep['expected']} delivered, 0 duplicates")
 EOF
   echo "==> bench smoke: W3"
-  "$PY" "$ROOT/bench/w3.py" --smoke --almanac "$ALMANAC" "${sink[@]}" --out "$OUT/w3.jsonl" >/dev/null
+  "$PY" "$ROOT/bench/w3.py" --smoke --until-done --almanac "$ALMANAC" "${sink[@]}" --out "$OUT/w3.jsonl" >/dev/null
 fi
 echo "==> bench smoke: W2"
 "$PY" "$ROOT/bench/w2.py" --smoke --almanac "$ALMANAC" --out "$OUT/w2.jsonl" >/dev/null

@@ -19,7 +19,8 @@
      RECOVERY run itself), and until a recovery run's attempt has started;
   5. report, from the ledger's own timestamps (runs.created_ms, attempts.started_ms) minus
      the scheduler's spawn time: (a) ledger_complete_s, when the last RECOVERY row was
-     written, and (b) first_dispatch_s, when the executor started the first recovery run.
+     written, and (b) first_dispatch_s, when the executor started the first recovery run;
+     with --until-done, also (c) recovery_runs_done_s, when the last recovery run finished.
 
 One JSON line (appended to --out); a human summary on stderr. Every process is started and
 stopped here by PID; all traffic stays on 127.0.0.1; every wait is bounded.
@@ -74,6 +75,18 @@ def ledger_state(db):
             "rows_by_status": by_status}
 
 
+def recovery_runs_done(db):
+    """When the last recovery run finished, once none is waiting or running (else None)."""
+    con = read_only(db)
+    try:
+        open_runs, last_ms = con.execute(
+            "SELECT SUM(status IN ('PENDING', 'RUNNING', 'BUFFERED')), MAX(finished_ms) "
+            "FROM runs WHERE trigger = 'RECOVERY' AND status != 'MISSED'").fetchone()
+    finally:
+        con.close()
+    return last_ms if open_runs == 0 else None
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100_000)
@@ -86,6 +99,8 @@ def main():
     ap.add_argument("--almanac", default=ALMANAC)
     ap.add_argument("--sink", default=os.environ.get("SINK_BIN", "/tmp/peers-target/release/sink"))
     ap.add_argument("--smoke", action="store_true", help="N=500, 30 s timeout: proves the harness")
+    ap.add_argument("--until-done", action="store_true",
+                    help="also wait until every recovery run has finished (recovery_runs_done_s)")
     ap.add_argument("--label", default=None)
     ap.add_argument("--out", default=None, help="append the JSON line to this file")
     a = ap.parse_args()
@@ -152,6 +167,10 @@ def main():
         observed_s = time.time() - spawn_ms / 1000
         cpu = cpu_seconds(scheduler.pid) - cpu0
         rss = peak_rss_mb(scheduler.pid)
+        done_ms = None
+        if a.until_done:
+            done_ms = wait_for("every recovery run finished", lambda: recovery_runs_done(db),
+                               a.timeout, every=1.0)
     finally:
         for p in reversed(procs):
             stop(p)
@@ -172,6 +191,7 @@ def main():
         "first_recovery_row_s": round((state["first_row_ms"] - spawn_ms) / 1000, 3),
         "first_dispatch_s": round((state["first_start_ms"] - spawn_ms) / 1000, 3),
         "recovery_runs_started_by_then": state["started"],
+        "recovery_runs_done_s": round((done_ms - spawn_ms) / 1000, 3) if done_ms else None,
         "observed_s": round(observed_s, 2),
         "scheduler_cpu_s": round(cpu, 2), "scheduler_peak_rss_mb": rss,
     }
@@ -179,7 +199,9 @@ def main():
     print(f"# {row['label']}: {expected} missed fires of {a.n} schedules explained by the ledger "
           f"{row['ledger_complete_s']} s after the spawn (first recovery row at "
           f"{row['first_recovery_row_s']} s), first recovery run started at "
-          f"{row['first_dispatch_s']} s; created {row['create_per_s']}/s through the API", file=sys.stderr)
+          f"{row['first_dispatch_s']} s"
+          + (f", every recovery run finished at {row['recovery_runs_done_s']} s" if done_ms else "")
+          + f"; created {row['create_per_s']}/s through the API", file=sys.stderr)
     if state["explained"] != expected or state["schedules"] != a.n:
         raise BenchError(f"the ledger explains {state['explained']} missed fires over "
                          f"{state['schedules']} schedules; expected {expected} over {a.n}")
