@@ -12,7 +12,7 @@
 //! the dispatcher is then in *backlog*: fresh runs queue in the ledger too, and the
 //! recovery sweep admits the oldest as tasks end, so the backlog drains oldest first.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,6 +37,10 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// execution started.
 const START_HOLD: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How many runs from the ledger one lease transaction takes (see `resume_all`): enough
+/// that a backlog drains without a commit per run, few enough that the ledger writer,
+/// which shares SQLite's one write connection, waits for one batch at most a few ms.
+const LEASE_BATCH: usize = 256;
 
 /// How much the dispatcher may do at once, and under which name it holds leases.
 #[derive(Debug, Clone)]
@@ -135,18 +139,10 @@ impl Dispatcher {
         });
     }
 
-    /// Whether a dispatch task for `run_id` is live in this process.
-    pub fn is_dispatching(&self, run_id: &str) -> bool {
-        self.registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(run_id)
-    }
-
     /// Dispatches a fresh run's current attempt, unless this process already is or the
     /// dispatcher is in backlog (the run then waits in the ledger for the sweep).
     pub fn dispatch(self: &Arc<Self>, run_id: String) {
-        self.admit(run_id, false, None);
+        self.admit(run_id, None);
     }
 
     /// `dispatch` for a run this process's claim just wrote. Leased by the claim
@@ -155,7 +151,7 @@ impl Dispatcher {
     /// no lease), it goes through the ledger like any other run.
     pub fn dispatch_claimed(self: &Arc<Self>, job: DispatchJob) {
         if job.lease_epoch == FIRST_EPOCH {
-            self.admit(job.run_id.clone(), false, Some(job));
+            self.admit(job.run_id.clone(), Some(job));
         } else {
             self.dispatch(job.run_id);
         }
@@ -177,10 +173,68 @@ impl Dispatcher {
         })
     }
 
-    /// Dispatches a run the sweep found in the ledger with no task here, oldest first;
-    /// `false` when the dispatcher is full (the run stays for a later sweep).
-    pub fn resume(self: &Arc<Self>, run_id: String) -> bool {
-        self.admit(run_id, true, None)
+    /// Dispatches runs the sweep found in the ledger, oldest first, as many as there is
+    /// room for; the rest stay for a later sweep. Their leases are taken and their jobs
+    /// read `LEASE_BATCH` at a time (on SQLite one transaction per batch), not in a
+    /// transaction and a read per run: a backlog of tens of thousands of runs drains
+    /// without a commit per run. A run with a task here already is skipped. Returns how
+    /// many runs were admitted, and whether the dispatcher filled up before all were.
+    pub async fn resume_all(self: &Arc<Self>, run_ids: Vec<String>) -> (usize, bool) {
+        let Some((cancel, writer)) = self.running() else {
+            return (0, true);
+        };
+        // Registered before their leases are taken, as `admit` does: a claim's dispatch
+        // of one of these runs meanwhile finds it driven here, and leaves it.
+        let mut reserved = Vec::new();
+        let mut full = false;
+        {
+            let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+            for run_id in run_ids {
+                if registry.contains(&run_id) {
+                    continue;
+                }
+                if registry.len() >= self.max_tasks {
+                    full = true;
+                    break;
+                }
+                registry.insert(run_id.clone());
+                reserved.push(run_id);
+            }
+        }
+        let mut admitted = 0;
+        for batch in reserved.chunks(LEASE_BATCH) {
+            let now_ms = self.clock.now_ms();
+            let leased = self
+                .store
+                .lease_jobs(batch, &self.owner, now_ms, now_ms + self.lease_ttl_ms)
+                .await;
+            let mut leased: HashMap<String, Option<DispatchJob>> = match leased {
+                Ok(leased) => leased.into_iter().collect(),
+                Err(e) => {
+                    // Each run's own task takes its lease then, retrying as it does.
+                    tracing::warn!(error = %e, runs = batch.len(),
+                        "cannot take the leases of a batch of runs; taking them one by one");
+                    batch.iter().map(|id| (id.clone(), None)).collect()
+                }
+            };
+            for run_id in batch {
+                match leased.remove(run_id) {
+                    // A row that cannot be read is read again by the task, which fails it.
+                    Some(job) => {
+                        self.spawn_driver(run_id.clone(), job, cancel.clone(), writer.clone());
+                        admitted += 1;
+                    }
+                    None => {
+                        tracing::debug!(
+                            run_id,
+                            "run is final or another replica's; not dispatched here"
+                        );
+                        self.unregister(run_id);
+                    }
+                }
+            }
+        }
+        (admitted, full)
     }
 
     /// Whether runs wait in the ledger for room, since the sweep last looked.
@@ -216,30 +270,20 @@ impl Dispatcher {
         self.room.notified().await;
     }
 
-    fn admit(
-        self: &Arc<Self>,
-        run_id: String,
-        from_ledger: bool,
-        claimed: Option<DispatchJob>,
-    ) -> bool {
-        let (cancel, writer) = {
-            let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(running) = state.as_ref() else {
-                tracing::warn!(run_id = %run_id, "dispatcher not started; recovery will dispatch the run");
-                return false;
-            };
-            (running.cancel.clone(), running.writer.clone())
+    /// Spawns a fresh run's task unless one is live, the dispatcher is full, or runs wait
+    /// in the ledger ahead of it (the run is then left to the backlog sweep).
+    fn admit(self: &Arc<Self>, run_id: String, claimed: Option<DispatchJob>) {
+        let Some((cancel, writer)) = self.running() else {
+            tracing::debug!(run_id = %run_id, "dispatcher not running; recovery will dispatch the run");
+            return;
         };
-        if cancel.is_cancelled() {
-            return false;
-        }
         {
             let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
             if registry.contains(&run_id) {
-                return true;
+                return;
             }
             let full = registry.len() >= self.max_tasks;
-            if full || (!from_ledger && self.in_backlog()) {
+            if full || self.in_backlog() {
                 let few = registry.len() <= self.max_tasks / 2;
                 drop(registry);
                 self.backlog.store(true, Ordering::Release);
@@ -253,26 +297,49 @@ impl Dispatcher {
                 if few {
                     self.room.notify_one();
                 }
-                return false;
+                return;
             }
             registry.insert(run_id.clone());
         }
+        self.spawn_driver(run_id, claimed, cancel, writer);
+    }
+
+    /// The ledger writer and the token that stops dispatch tasks, while the dispatcher
+    /// runs.
+    fn running(&self) -> Option<(CancellationToken, LedgerWriter)> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let running = state.as_ref()?;
+        (!running.cancel.is_cancelled()).then(|| (running.cancel.clone(), running.writer.clone()))
+    }
+
+    /// Spawns the task that drives `run_id`, which the caller registered.
+    fn spawn_driver(
+        self: &Arc<Self>,
+        run_id: String,
+        claimed: Option<DispatchJob>,
+        cancel: CancellationToken,
+        writer: LedgerWriter,
+    ) {
         let this = self.clone();
         self.tracker.spawn(async move {
             tokio::select! {
                 () = this.drive(&run_id, claimed, &writer) => {}
                 () = cancel.cancelled() => {}
             }
-            let left = {
-                let mut registry = this.registry.lock().unwrap_or_else(|e| e.into_inner());
-                registry.remove(&run_id);
-                registry.len()
-            };
-            if left <= this.max_tasks / 2 && this.in_backlog() {
-                this.room.notify_one();
-            }
+            this.unregister(&run_id);
         });
-        true
+    }
+
+    /// Forgets a run's task, and wakes the backlog sweep when there is room for it.
+    fn unregister(&self, run_id: &str) {
+        let left = {
+            let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+            registry.remove(run_id);
+            registry.len()
+        };
+        if left <= self.max_tasks / 2 && self.in_backlog() {
+            self.room.notify_one();
+        }
     }
 
     /// Waits until every dispatch task has stopped, then lets the ledger writer flush,
@@ -309,9 +376,10 @@ impl Dispatcher {
     }
 
     /// Sends the run's current attempt until its execution finishes, the run is gone, or
-    /// another replica takes it over. A run `claimed` by this process is already leased
-    /// to it, and its first attempt is the claim's job; any other run's lease is taken
-    /// first, and every attempt is read from the ledger.
+    /// another replica takes it over. A run `claimed` comes leased to this process (by
+    /// the claim that wrote it, or by the sweep's batch), and its first attempt is that
+    /// job; any other run's lease is taken first. Every later attempt is read from the
+    /// ledger.
     async fn drive(&self, run_id: &str, mut claimed: Option<DispatchJob>, writer: &LedgerWriter) {
         let epoch = match &claimed {
             Some(job) => job.lease_epoch,

@@ -56,18 +56,7 @@ async fn sweep_forever(engine: &Engine) {
         {
             Ok(runs) => {
                 let complete = runs.len() < limit as usize;
-                let mut resumed = 0usize;
-                let mut full = false;
-                for run_id in runs {
-                    if dispatcher.is_dispatching(&run_id) {
-                        continue;
-                    }
-                    if !dispatcher.resume(run_id) {
-                        full = true;
-                        break;
-                    }
-                    resumed += 1;
-                }
+                let (resumed, full) = dispatcher.resume_all(runs).await;
                 if full || !complete {
                     dispatcher.keep_backlog();
                 } else if !dispatcher.in_backlog() {

@@ -234,6 +234,21 @@ pub trait SchedulerStore: Send + Sync + 'static {
         now_ms: i64,
         until_ms: i64,
     ) -> Result<Option<i64>, StoreError>;
+    /// `take_lease` for each of `run_ids`, with the job of each run leased read in the
+    /// same transaction: the recovery sweep admits a backlog this way, a batch at a time,
+    /// rather than with a lease transaction and a read per run. On SQLite (one writer)
+    /// the batch is one transaction; on PostgreSQL each run's lease is a transaction of
+    /// its own, so a batch never holds many row locks that a ledger writer could be
+    /// waiting on in another order. Returns each run leased with its job (its new epoch),
+    /// or `None` when its row cannot be read (the caller reads it alone, which fails
+    /// it); runs final, gone or held by another replica are left out.
+    async fn lease_jobs(
+        &self,
+        run_ids: &[String],
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<(String, Option<DispatchJob>)>, StoreError>;
     /// Extends until `until_ms` every lease `owner` holds on a run in flight, and records
     /// `owner` as a replica alive until then; how many leases.
     async fn renew_leases(&self, owner: &str, until_ms: i64) -> Result<u64, StoreError>;

@@ -10,6 +10,7 @@ use crate::store::LedgerUpdate;
 super::conformance!(
     a_claim_leases_the_runs_it_writes_to_the_claimer,
     a_lease_is_taken_renewed_and_adopted_after_it_expires,
+    a_batch_of_leases_takes_those_it_may_with_their_jobs,
     a_driver_that_lost_its_run_writes_nothing,
     drivable_runs_are_own_unowned_or_expired,
     the_database_clock_is_close_to_the_system_clock,
@@ -146,6 +147,83 @@ async fn a_lease_is_taken_renewed_and_adopted_after_it_expires(store: Store) {
     assert_eq!(
         store.take_lease("ghost", "b", T0, T0 + TTL).await.unwrap(),
         None
+    );
+}
+
+async fn a_batch_of_leases_takes_those_it_may_with_their_jobs(store: Store) {
+    let free = manual_run(&store, "free", T0).await;
+    let mine = manual_run(&store, "mine", T0).await;
+    let held = manual_run(&store, "held", T0).await;
+    let done = manual_run(&store, "done", T0).await;
+    for (run, owner) in [(&mine, "a"), (&held, "b"), (&done, "a")] {
+        let taken = store.take_lease(run, owner, T0, T0 + TTL).await.unwrap();
+        assert_eq!(taken, Some(1));
+    }
+    let finished = LedgerUpdate::Finished {
+        run_id: done.clone(),
+        fence: Some(1),
+        attempt: 1,
+        outcome: outcome(RunStatus::Succeeded, T0 + 1),
+        started: None,
+    };
+    store.apply_updates(&[finished], T0 + 1).await.unwrap();
+    let asked = [
+        free.clone(),
+        mine.clone(),
+        held.clone(),
+        done.clone(),
+        "ghost".to_owned(),
+    ];
+    let leased = store
+        .lease_jobs(&asked, "a", T0 + 2, T0 + 2 + TTL)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = leased.iter().map(|(id, _)| id.as_str()).collect();
+    if shared(&store) {
+        assert_eq!(
+            ids,
+            [free.as_str(), mine.as_str()],
+            "unowned and own runs, in the order asked; another's live lease, a final run \
+             and a missing one are left out"
+        );
+    } else {
+        assert_eq!(
+            ids,
+            [free.as_str(), mine.as_str(), held.as_str()],
+            "one scheduler per SQLite file: every run in flight is its own"
+        );
+    }
+    for (run_id, job) in &leased {
+        let job = job.clone().expect("a readable row comes with its job");
+        assert_eq!(
+            Some(job.clone()),
+            store.dispatch_job(run_id).await.unwrap(),
+            "the job is the run as the ledger holds it after the lease"
+        );
+        let expected = if run_id == &free { 1 } else { 2 };
+        assert_eq!(job.lease_epoch, expected, "{run_id}: a new epoch");
+    }
+    // Each lease is the caller's: a fence with its epoch applies.
+    let (run_id, job) = &leased[1];
+    let job = job.clone().unwrap();
+    let started = LedgerUpdate::Started {
+        run_id: run_id.clone(),
+        fence: Some(job.lease_epoch),
+        attempt: job.attempt,
+        execution_id: "e".into(),
+        started_ms: T0 + 3,
+        last_seq: 1,
+    };
+    store.apply_updates(&[started], T0 + 3).await.unwrap();
+    let stored = store.get_run(run_id).await.unwrap().unwrap();
+    assert_eq!(stored.status, RunStatus::Running);
+    // Nothing asked, nothing taken.
+    assert!(
+        store
+            .lease_jobs(&[], "a", T0 + 4, T0 + TTL)
+            .await
+            .unwrap()
+            .is_empty()
     );
 }
 

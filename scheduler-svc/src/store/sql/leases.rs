@@ -7,7 +7,8 @@
 //! a restart resumes at once.
 
 use super::rows::col;
-use super::{Conn, Dialect, params};
+use super::{Conn, Dialect, ledger, params};
+use crate::model::DispatchJob;
 use crate::store::StoreError;
 
 /// Takes the lease of an in-flight run for `owner` until `until_ms` when nobody holds it,
@@ -31,6 +32,29 @@ pub async fn take(
         )
         .await?;
     row.map(|r| col::<i64>(&r, "lease_epoch")).transpose()
+}
+
+/// `take`, then the leased run's job read in the same transaction: `None` when the run
+/// was not leased, `Some(None)` when it was but its row cannot be read.
+pub async fn take_with_job(
+    conn: &mut dyn Conn,
+    run_id: &str,
+    owner: &str,
+    now_ms: i64,
+    until_ms: i64,
+    exclusive: bool,
+) -> Result<Option<Option<DispatchJob>>, StoreError> {
+    if take(conn, run_id, owner, now_ms, until_ms, exclusive)
+        .await?
+        .is_none()
+    {
+        return Ok(None);
+    }
+    match ledger::dispatch_job(conn, run_id).await {
+        Ok(job) => Ok(Some(job)),
+        Err(StoreError::Corrupt(_)) => Ok(Some(None)),
+        Err(e) => Err(e),
+    }
 }
 
 /// Extends until `until_ms` every lease `owner` holds on a run in flight; how many. On

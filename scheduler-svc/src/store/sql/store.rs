@@ -268,6 +268,38 @@ impl<B: Backend> SchedulerStore for SqlStore<B> {
         })
     }
 
+    async fn lease_jobs(
+        &self,
+        run_ids: &[String],
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<(String, Option<DispatchJob>)>, StoreError> {
+        if self.db.concurrent_writers() == 1 {
+            return write_tx!(self, |conn| {
+                let mut leased = Vec::with_capacity(run_ids.len());
+                for run_id in run_ids {
+                    if let Some(job) =
+                        leases::take_with_job(conn, run_id, owner, now_ms, until_ms, true).await?
+                    {
+                        leased.push((run_id.clone(), job));
+                    }
+                }
+                leased
+            });
+        }
+        let mut leased = Vec::with_capacity(run_ids.len());
+        for run_id in run_ids {
+            let job = write_tx!(self, |conn| {
+                leases::take_with_job(conn, run_id, owner, now_ms, until_ms, false).await?
+            })?;
+            if let Some(job) = job {
+                leased.push((run_id.clone(), job));
+            }
+        }
+        Ok(leased)
+    }
+
     async fn renew_leases(&self, owner: &str, until_ms: i64) -> Result<u64, StoreError> {
         write_tx!(self, |conn| leases::renew(conn, owner, until_ms).await?)
     }
