@@ -224,7 +224,8 @@ pub trait SchedulerStore: Send + Sync + 'static {
     /// Ids of runs that are PENDING or RUNNING.
     async fn in_flight_runs(&self) -> Result<Vec<String>, StoreError>;
     /// Takes the owner lease of an in-flight run for `owner` until `until_ms` (DESIGN
-    /// §4.5): when nobody holds it, `owner` already does, it expired before `now_ms`, or
+    /// §4.5): when nobody holds it, `owner` already does, it expired before `now_ms` with
+    /// its owner not alive then (see `renew_leases`), or
     /// the store serves one scheduler per database (SQLite). Returns the new lease epoch
     /// (the fence of the updates its dispatcher sends), or `None`: final, gone, or held.
     async fn take_lease(
@@ -238,8 +239,8 @@ pub trait SchedulerStore: Send + Sync + 'static {
     /// same transaction: the recovery sweep admits a backlog this way, a batch at a time,
     /// rather than with a lease transaction and a read per run. On SQLite (one writer)
     /// the batch is one transaction; on PostgreSQL each run's lease is a transaction of
-    /// its own, so a batch never holds many row locks that a ledger writer could be
-    /// waiting on in another order. Returns each run leased with its job (its new epoch),
+    /// its own (several at once), so a batch never holds many row locks that a ledger
+    /// writer could be waiting on in another order. Returns each run leased with its job (its new epoch),
     /// or `None` when its row cannot be read (the caller reads it alone, which fails
     /// it); runs final, gone or held by another replica are left out.
     async fn lease_jobs(
@@ -249,9 +250,10 @@ pub trait SchedulerStore: Send + Sync + 'static {
         now_ms: i64,
         until_ms: i64,
     ) -> Result<Vec<(String, Option<DispatchJob>)>, StoreError>;
-    /// Extends until `until_ms` every lease `owner` holds on a run in flight, and records
-    /// `owner` as a replica alive until then; how many leases.
-    async fn renew_leases(&self, owner: &str, until_ms: i64) -> Result<u64, StoreError>;
+    /// Records `owner` as a replica alive until `until_ms`: every lease it holds on a run
+    /// in flight lasts until then (a lease past its own `lease_until_ms` is adopted only
+    /// once its owner is not alive). One row, however many runs `owner` drives.
+    async fn renew_leases(&self, owner: &str, until_ms: i64) -> Result<(), StoreError>;
     /// How many scheduler replicas other than `owner` are alive at `now_ms` (always 0 on
     /// SQLite, which serves one scheduler).
     async fn live_peers(&self, owner: &str, now_ms: i64) -> Result<u64, StoreError>;
@@ -261,7 +263,7 @@ pub trait SchedulerStore: Send + Sync + 'static {
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
     /// In-flight runs `owner` may drive (recovery dispatches them), oldest due first: its
     /// own, unowned ones written before `unowned_before_ms`, and those whose lease expired
-    /// before `now_ms` (on SQLite: all of them).
+    /// before `now_ms` with their owner not alive then (on SQLite: all of them).
     async fn drivable_runs(
         &self,
         owner: &str,

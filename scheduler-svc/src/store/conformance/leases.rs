@@ -92,7 +92,8 @@ async fn a_lease_is_taken_renewed_and_adopted_after_it_expires(store: Store) {
         Some(2),
         "the owner takes it again, a new epoch"
     );
-    assert_eq!(store.renew_leases("a", T0 + 3 * TTL).await.unwrap(), 1);
+    // The lease ran out at T0 + 1 + TTL; its owner's heartbeat holds it past that.
+    store.renew_leases("a", T0 + 3 * TTL).await.unwrap();
     // A renewal also records the replica alive; SQLite serves one scheduler.
     let peers_of_b = store.live_peers("b", T0 + 2 * TTL).await.unwrap();
     assert_eq!(peers_of_b, u64::from(shared(&store)));
@@ -110,7 +111,12 @@ async fn a_lease_is_taken_renewed_and_adopted_after_it_expires(store: Store) {
             .await
             .unwrap();
         assert_eq!(adopted, Some(3), "an expired lease is adopted");
-        assert_eq!(store.renew_leases("a", T0 + 9 * TTL).await.unwrap(), 0);
+        // The old owner's heartbeat comes back: the run stays its adopter's.
+        store.renew_leases("a", T0 + 9 * TTL).await.unwrap();
+        let taken = store
+            .take_lease(&run, "a", T0 + 3 * TTL + 2, T0 + 4 * TTL)
+            .await;
+        assert_eq!(taken.unwrap(), None, "not the old owner's any more");
     } else {
         assert_eq!(
             stolen,

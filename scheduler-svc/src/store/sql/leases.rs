@@ -1,6 +1,9 @@
 //! Owner leases on runs in flight (DESIGN §4.5). The replica whose dispatcher drives a
-//! run holds its lease and renews it by heartbeat; when the lease expires, another
-//! replica may take the run over. Every take-over bumps `lease_epoch`, and the ledger
+//! run holds its lease: the run's `owner`, taken until `lease_until_ms`, and held past
+//! that while the owner is alive — its heartbeat renews one row, its own in `replicas`,
+//! not a row per run it drives (tens of thousands of row versions every few seconds on
+//! PostgreSQL, in W3's backlog). When both have expired, another replica may take the
+//! run over. Every take-over bumps `lease_epoch`, and the ledger
 //! updates a driver sends carry the epoch it took: a driver that lost the run (a frozen
 //! replica that wakes up) finds its writes fenced off. On a store that serves one
 //! scheduler per database (`exclusive`: SQLite) every lease is the caller's to take, so
@@ -12,8 +15,9 @@ use crate::model::DispatchJob;
 use crate::store::StoreError;
 
 /// Takes the lease of an in-flight run for `owner` until `until_ms` when nobody holds it,
-/// `owner` already does, it expired before `now_ms`, or the store is exclusive. Returns
-/// the new epoch, or `None` when the run is final, gone, or another owner's.
+/// `owner` already does, it expired before `now_ms` and its owner is not alive then
+/// or the store is exclusive. Returns the new epoch, or `None` when the
+/// run is final, gone, or another owner's.
 pub async fn take(
     conn: &mut dyn Conn,
     run_id: &str,
@@ -26,7 +30,8 @@ pub async fn take(
         .fetch_optional(
             "UPDATE runs SET owner = $1, lease_until_ms = $2, lease_epoch = lease_epoch + 1 \
              WHERE id = $3 AND status IN ('PENDING', 'RUNNING') \
-             AND ($4 OR owner IS NULL OR owner = $1 OR lease_until_ms < $5) \
+             AND ($4 OR owner IS NULL OR owner = $1 OR (lease_until_ms < $5 AND NOT EXISTS (\
+                  SELECT 1 FROM replicas WHERE id = runs.owner AND alive_until_ms >= $5))) \
              RETURNING lease_epoch",
             params![owner, until_ms, run_id, exclusive, now_ms],
         )
@@ -57,30 +62,17 @@ pub async fn take_with_job(
     }
 }
 
-/// Extends until `until_ms` every lease `owner` holds on a run in flight; how many. On
-/// PostgreSQL a run whose row another transaction holds right now (this replica's own
-/// ledger writer, most likely) is renewed at the next beat instead: a heartbeat that
-/// waited on row locks could deadlock with a writer locking the same runs in another
-/// order.
-pub async fn renew(conn: &mut dyn Conn, owner: &str, until_ms: i64) -> Result<u64, StoreError> {
+/// Records `owner` alive until `until_ms`, which holds every lease it has on a run in
+/// flight until then: one row, however many runs it drives (and no row lock a ledger
+/// writer could be waiting on).
+pub async fn renew(conn: &mut dyn Conn, owner: &str, until_ms: i64) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO replicas (id, alive_until_ms) VALUES ($1, $2) \
          ON CONFLICT (id) DO UPDATE SET alive_until_ms = excluded.alive_until_ms",
         params![owner, until_ms],
     )
     .await?;
-    let sql = match conn.dialect() {
-        Dialect::Sqlite => {
-            "UPDATE runs SET lease_until_ms = $1 \
-             WHERE owner = $2 AND status IN ('PENDING', 'RUNNING')"
-        }
-        Dialect::Postgres => {
-            "UPDATE runs SET lease_until_ms = $1 WHERE id IN (\
-             SELECT id FROM runs WHERE owner = $2 AND status IN ('PENDING', 'RUNNING') \
-             FOR UPDATE SKIP LOCKED)"
-        }
-    };
-    conn.execute(sql, params![until_ms, owner]).await
+    Ok(())
 }
 
 /// Expires every lease `owner` holds on a run in flight; how many.
@@ -107,7 +99,7 @@ pub async fn live_peers(conn: &mut dyn Conn, owner: &str, now_ms: i64) -> Result
 }
 
 /// In-flight runs `owner` may drive, oldest due first: its own, those whose lease
-/// expired before `now_ms`, and those nobody took (their writer died between commit and
+/// expired before `now_ms` with their owner not alive then, and those nobody took (their writer died between commit and
 /// dispatch) once they were written before `unowned_before_ms` — or at once when no
 /// other replica is alive to be their writer (a lone scheduler restarting). Every one on
 /// an exclusive store.
@@ -122,7 +114,8 @@ pub async fn drivable(
     let rows = conn
         .fetch_all(
             "SELECT id FROM runs WHERE status IN ('PENDING', 'RUNNING') \
-             AND ($1 OR owner = $2 OR lease_until_ms < $3 \
+             AND ($1 OR owner = $2 OR (lease_until_ms < $3 AND NOT EXISTS ( \
+                      SELECT 1 FROM replicas WHERE id = runs.owner AND alive_until_ms >= $3)) \
                   OR (owner IS NULL AND (created_ms < $4 OR NOT EXISTS ( \
                       SELECT 1 FROM replicas WHERE id <> $2 AND alive_until_ms > $3)))) \
              ORDER BY dispatch_after_ms, id LIMIT $5",

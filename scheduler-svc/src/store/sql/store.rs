@@ -4,6 +4,7 @@
 //! bounded number of times (the planners it calls are pure, so a rerun decides afresh).
 
 use async_trait::async_trait;
+use futures::StreamExt;
 
 use super::rows::{SCHEDULE_COLUMNS, col, schedule_from_row, state_str};
 use super::schedules::{load_schedule, write_schedule};
@@ -21,6 +22,10 @@ use crate::store::{
 
 /// How many times a write transaction runs before a transient abort is reported.
 const TX_ATTEMPTS: u32 = 5;
+
+/// Lease transactions `lease_jobs` runs at once on a store with concurrent writers
+/// (PostgreSQL): half its pool, as the timer's claims.
+const CONCURRENT_LEASES: usize = 8;
 
 /// The scheduler's store on backend `B`.
 #[derive(Debug)]
@@ -288,19 +293,27 @@ impl<B: Backend> SchedulerStore for SqlStore<B> {
                 leased
             });
         }
+        // A transaction per run, `CONCURRENT_LEASES` at once over the pool: one lock each,
+        // so none waits on a ledger writer holding runs in another order, and a batch
+        // takes a few round trips' time, not one per run.
+        let taken: Vec<Result<_, StoreError>> = futures::stream::iter(run_ids.iter().cloned())
+            .map(|run_id: String| async move {
+                let job = write_tx!(self, |conn| {
+                    leases::take_with_job(conn, &run_id, owner, now_ms, until_ms, false).await?
+                })?;
+                Ok(job.map(|job| (run_id, job)))
+            })
+            .buffered(CONCURRENT_LEASES)
+            .collect()
+            .await;
         let mut leased = Vec::with_capacity(run_ids.len());
-        for run_id in run_ids {
-            let job = write_tx!(self, |conn| {
-                leases::take_with_job(conn, run_id, owner, now_ms, until_ms, false).await?
-            })?;
-            if let Some(job) = job {
-                leased.push((run_id.clone(), job));
-            }
+        for run in taken {
+            leased.extend(run?);
         }
         Ok(leased)
     }
 
-    async fn renew_leases(&self, owner: &str, until_ms: i64) -> Result<u64, StoreError> {
+    async fn renew_leases(&self, owner: &str, until_ms: i64) -> Result<(), StoreError> {
         write_tx!(self, |conn| leases::renew(conn, owner, until_ms).await?)
     }
 
