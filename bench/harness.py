@@ -140,10 +140,19 @@ def stop(proc, grace=15.0):
         return proc.wait(timeout=10)
 
 
-def start_executor(almanac, work, name="executor", egress_loopback=True, timeout=60):
-    """`almanac executor` on 127.0.0.1:0 with a SQLite file in `work`: (process, URL)."""
-    cmd = [almanac, "executor", "--listen", "127.0.0.1:0", "--replica-id", name,
-           "--database", os.path.join(work, f"{name}.db")]
+def store_args(work, name, database_url=None):
+    """A service's store: PostgreSQL at `database_url`, or a SQLite file in `work`."""
+    if database_url:
+        return ["--database-url", database_url]
+    return ["--database", os.path.join(work, f"{name}.db")]
+
+
+def start_executor(almanac, work, name="executor", egress_loopback=True, timeout=60,
+                   database_url=None):
+    """`almanac executor` on 127.0.0.1:0 with a SQLite file in `work` (or PostgreSQL at
+    `database_url`): (process, URL)."""
+    cmd = [almanac, "executor", "--listen", "127.0.0.1:0", "--replica-id", name]
+    cmd += store_args(work, name, database_url)
     if egress_loopback:
         config = os.path.join(work, f"{name}.toml")
         with open(config, "w") as f:
@@ -153,12 +162,14 @@ def start_executor(almanac, work, name="executor", egress_loopback=True, timeout
     return proc, line.split()[-1]
 
 
-def start_scheduler(almanac, work, executor_url, name="scheduler", timeout=120):
-    """`almanac scheduler` on 127.0.0.1:0 with a SQLite file in `work`: (process,
-    host:port). It prints its address before opening the store: it serves later."""
+def start_scheduler(almanac, work, executor_url, name="scheduler", timeout=120,
+                    database_url=None):
+    """`almanac scheduler` on 127.0.0.1:0 with a SQLite file in `work` (or PostgreSQL at
+    `database_url`): (process, host:port). It prints its address before opening the
+    store: it serves later."""
     proc, line = start(
         [almanac, "scheduler", "--listen", "127.0.0.1:0", "--executor", executor_url,
-         "--replica-id", name, "--database", os.path.join(work, f"{name}.db")],
+         "--replica-id", name] + store_args(work, name, database_url),
         os.path.join(work, f"{name}.log"), "scheduler listening on", timeout,
     )
     return proc, line.split()[-1].removeprefix("http://")
@@ -269,16 +280,56 @@ TIME_COLUMNS = {
 }
 
 
+def shift_statements(ms):
+    """The statements that move every stored time of a scheduler's ledger `ms` earlier."""
+    return [f"UPDATE {table} SET " + ", ".join(f"{c} = {c} - {int(ms)}" for c in cols)
+            for table, cols in TIME_COLUMNS.items()]
+
+
 def shift_ledger(db, ms):
     """Moves every stored time of a stopped scheduler's ledger `ms` earlier."""
     con = sqlite3.connect(db, timeout=30)
     try:
         with con:
-            for table, cols in TIME_COLUMNS.items():
-                sets = ", ".join(f"{c} = {c} - {int(ms)}" for c in cols)
-                con.execute(f"UPDATE {table} SET {sets}")
+            for sql in shift_statements(ms):
+                con.execute(sql)
     finally:
         con.close()
+
+
+def psql(url, sql, single_transaction=False, schema=None):
+    """Runs `sql` on PostgreSQL with psql (from the apt package the test script installs),
+    with `schema` first on the search path: the rows, each a tuple of ints, strings, or
+    None for NULL."""
+    cmd = ["psql", "-X", "-q", "-A", "-t", "-F", "\x1f", "-v", "ON_ERROR_STOP=1", "-d", url]
+    if single_transaction:
+        cmd.append("-1")
+    env = dict(os.environ, PGOPTIONS=f"-c search_path={schema}") if schema else None
+    out = subprocess.run(cmd + ["-c", sql], capture_output=True, text=True, timeout=600, env=env)
+    if out.returncode != 0:
+        raise BenchError(f"psql failed: {out.stderr.strip()}")
+
+    def value(v):
+        if v == "":
+            return None
+        try:
+            return int(v)
+        except ValueError:
+            return v
+    return [tuple(value(v) for v in line.split("\x1f")) for line in out.stdout.splitlines() if line]
+
+
+def pg_fresh_database(url, prefix):
+    """A new, empty database on `url`'s server: its URL (dropped by `pg_drop_database`)."""
+    name = f"{prefix}_{os.getpid()}_{int(time.time())}"
+    psql(url, f"CREATE DATABASE {name}")
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
+def pg_drop_database(url):
+    """Drops the database `pg_fresh_database` made (its connections closed first)."""
+    base, name = url.rsplit("/", 1)
+    psql(base + "/postgres", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def read_only(db):

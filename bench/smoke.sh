@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Proves the benchmark harness still works, at tiny sizes (what scripts/test.sh runs):
-# W1 (20 schedules, 2 s), W2, W3, W4 and the limits with --smoke. Not a measurement.
+# W1 (20 schedules, 2 s), W2, W3 (also on PostgreSQL when ALMANAC_TEST_POSTGRES_URL is set),
+# W4 and the limits with --smoke. Not a measurement.
 #
 #   bench/smoke.sh [path/to/almanac]     # default target/debug/almanac
 #
@@ -37,6 +38,12 @@ print(f"    W1: {rep['unique']}/{rep['expected']} delivered, 0 duplicates")
 EOF
   echo "==> bench smoke: W3"
   "$PY" "$ROOT/bench/w3.py" --smoke --until-done --almanac "$ALMANAC" "${sink[@]}" --out "$OUT/w3.jsonl" >/dev/null
+  if [ -n "${ALMANAC_TEST_POSTGRES_URL:-}" ]; then
+    echo "==> bench smoke: W3 on PostgreSQL"
+    "$PY" "$ROOT/bench/w3.py" --smoke --until-done --fill copy --api-n 50 \
+      --database-url "$ALMANAC_TEST_POSTGRES_URL" --almanac "$ALMANAC" "${sink[@]}" \
+      --out "$OUT/w3.jsonl" >/dev/null
+  fi
 fi
 echo "==> bench smoke: W2"
 "$PY" "$ROOT/bench/w2.py" --smoke --almanac "$ALMANAC" --out "$OUT/w2.jsonl" >/dev/null
