@@ -12,30 +12,26 @@
 //! the dispatcher is then in *backlog*: fresh runs queue in the ledger too, and the
 //! recovery sweep admits the oldest as tasks end, so the backlog drains oldest first.
 
+mod follow;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use follow::Followed;
+
 use super::clock::Clock;
-use super::executor::{CallError, ExecEvent, ExecuteCall, ExecutorClient};
+use super::executor::ExecutorClient;
 use super::ledger_writer::LedgerWriter;
-use crate::model::{AttemptOutcome, DispatchJob, RunStatus};
-use crate::store::{
-    AttemptStart, ClaimLease, FIRST_EPOCH, LedgerUpdate, SchedulerStore, StoreError,
-};
+use crate::model::DispatchJob;
+use crate::store::{ClaimLease, FIRST_EPOCH, SchedulerStore, StoreError};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
-/// How long an attempt's start waits for its finish before it is written alone: most
-/// executions a schedule fires end within it, and their start then goes with the finish
-/// (one ledger write instead of two). A run shows PENDING at most this long after its
-/// execution started.
-const START_HOLD: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How many runs from the ledger one lease transaction takes (see `resume_all`): enough
 /// that a backlog drains without a commit per run, few enough that the ledger writer,
@@ -474,166 +470,6 @@ impl Dispatcher {
             }
         }
     }
-
-    /// One Execute call: the events it brings, written to the ledger.
-    async fn follow(
-        &self,
-        job: &DispatchJob,
-        epoch: i64,
-        after_seq: u64,
-        writer: &LedgerWriter,
-    ) -> Followed {
-        let call = ExecuteCall {
-            key: job.execution_key.clone(),
-            action: job.action.clone(),
-            deadline_ms: job.deadline_ms,
-            schedule_id: job.schedule_id.clone(),
-            run_id: job.run_id.clone(),
-            nominal_ms: job.nominal_ms,
-            attempt: job.attempt,
-            after_seq,
-        };
-        let mut stream = match self.client.execute(call).await {
-            Ok(stream) => stream,
-            Err(CallError::Transient(error)) => {
-                return Followed::Broken {
-                    seq: after_seq,
-                    error,
-                };
-            }
-            Err(CallError::Rejected(error)) => {
-                tracing::error!(run_id = %job.run_id, attempt = job.attempt, error = %error,
-                    "executor refused the attempt; the run fails");
-                let outcome = AttemptOutcome {
-                    status: RunStatus::Failed,
-                    error: Some(format!("executor refused the attempt: {error}")),
-                    result: None,
-                    retryable: false,
-                    finished_ms: self.clock.now_ms(),
-                    last_seq: after_seq,
-                };
-                let committed = writer
-                    .commit(LedgerUpdate::Finished {
-                        run_id: job.run_id.clone(),
-                        fence: Some(epoch),
-                        attempt: job.attempt,
-                        outcome,
-                        started: None,
-                    })
-                    .await;
-                return Followed::Finished {
-                    committed,
-                    succeeded: false,
-                };
-            }
-        };
-        let mut seq = after_seq;
-        // The start, held back until its finish or START_HOLD, whichever comes first.
-        let mut held: Option<(AttemptStart, u64, tokio::time::Instant)> = None;
-        // Writes a held start alone.
-        let flush = |held: Option<(AttemptStart, u64, tokio::time::Instant)>| {
-            if let Some((start, s, _)) = held {
-                writer.submit(LedgerUpdate::Started {
-                    run_id: job.run_id.clone(),
-                    fence: Some(epoch),
-                    attempt: job.attempt,
-                    execution_id: start.execution_id,
-                    started_ms: start.started_ms,
-                    last_seq: s,
-                });
-            }
-        };
-        loop {
-            let item = match &held {
-                None => stream.next().await,
-                Some((_, _, until)) => tokio::select! {
-                    item = stream.next() => item,
-                    () = tokio::time::sleep_until(*until) => {
-                        flush(held.take());
-                        continue;
-                    }
-                },
-            };
-            let Some(item) = item else { break };
-            match item {
-                Ok(ExecEvent::Started {
-                    seq: s,
-                    execution_id,
-                    at_ms,
-                }) => {
-                    seq = seq.max(s);
-                    let start = AttemptStart {
-                        execution_id,
-                        started_ms: at_ms,
-                    };
-                    held = Some((start, s, tokio::time::Instant::now() + START_HOLD));
-                }
-                Ok(ExecEvent::Finished {
-                    seq: s,
-                    at_ms,
-                    status,
-                    error,
-                    result,
-                    retryable,
-                }) => {
-                    let outcome = AttemptOutcome {
-                        status,
-                        error,
-                        result,
-                        retryable,
-                        finished_ms: at_ms,
-                        last_seq: s,
-                    };
-                    let update = LedgerUpdate::Finished {
-                        run_id: job.run_id.clone(),
-                        fence: Some(epoch),
-                        attempt: job.attempt,
-                        outcome,
-                        started: held.take().map(|(start, _, _)| start),
-                    };
-                    let committed = writer.commit(update).await;
-                    if committed {
-                        // Success is in the ledger; a line per fire only at debug.
-                        if status == RunStatus::Succeeded {
-                            tracing::debug!(run_id = %job.run_id, attempt = job.attempt, "attempt finished");
-                        } else {
-                            tracing::info!(run_id = %job.run_id, attempt = job.attempt, status = ?status, "attempt finished");
-                        }
-                    }
-                    return Followed::Finished {
-                        committed,
-                        succeeded: status == RunStatus::Succeeded,
-                    };
-                }
-                Ok(ExecEvent::Other { seq: s }) => seq = seq.max(s),
-                Err(e) => {
-                    flush(held.take());
-                    return Followed::Broken {
-                        seq,
-                        error: e.to_string(),
-                    };
-                }
-            }
-        }
-        flush(held.take());
-        Followed::Broken {
-            seq,
-            error: "event stream ended before the execution finished".into(),
-        }
-    }
-}
-
-enum Followed {
-    /// The attempt ended; `committed` when its end is in the ledger, `succeeded` when it
-    /// succeeded (and so ended its run).
-    Finished {
-        committed: bool,
-        succeeded: bool,
-    },
-    Broken {
-        seq: u64,
-        error: String,
-    },
 }
 
 /// Renews this process's leases every third of their length until `stop`. A missed
