@@ -225,9 +225,9 @@ pub trait SchedulerStore: Send + Sync + 'static {
     async fn in_flight_runs(&self) -> Result<Vec<String>, StoreError>;
     /// Takes the owner lease of an in-flight run for `owner` until `until_ms` (DESIGN
     /// §4.5): when nobody holds it, `owner` already does, it expired before `now_ms` with
-    /// its owner not alive then (see `renew_leases`), or
-    /// the store serves one scheduler per database (SQLite). Returns the new lease epoch
-    /// (the fence of the updates its dispatcher sends), or `None`: final, gone, or held.
+    /// its owner not alive then (see `renew_leases`), or the store serves one scheduler
+    /// per database (SQLite). Returns the new lease epoch (the fence of the updates its
+    /// dispatcher sends), or `None`: final, gone, or held.
     async fn take_lease(
         &self,
         run_id: &str,
@@ -240,9 +240,9 @@ pub trait SchedulerStore: Send + Sync + 'static {
     /// rather than with a lease transaction and a read per run. On SQLite (one writer)
     /// the batch is one transaction; on PostgreSQL each run's lease is a transaction of
     /// its own (several at once), so a batch never holds many row locks that a ledger
-    /// writer could be waiting on in another order. Returns each run leased with its job (its new epoch),
-    /// or `None` when its row cannot be read (the caller reads it alone, which fails
-    /// it); runs final, gone or held by another replica are left out.
+    /// writer could be waiting on in another order. Returns each run leased with its job
+    /// (its new epoch), or `None` when its row cannot be read (the caller reads it alone,
+    /// which fails it); runs final, gone or held by another replica are left out.
     async fn lease_jobs(
         &self,
         run_ids: &[String],

@@ -3,9 +3,9 @@
 //! that while the owner is alive — its heartbeat renews one row, its own in `replicas`,
 //! not a row per run it drives (tens of thousands of row versions every few seconds on
 //! PostgreSQL, in W3's backlog). When both have expired, another replica may take the
-//! run over. Every take-over bumps `lease_epoch`, and the ledger
-//! updates a driver sends carry the epoch it took: a driver that lost the run (a frozen
-//! replica that wakes up) finds its writes fenced off. On a store that serves one
+//! run over. Every take-over bumps `lease_epoch`, and the ledger updates a driver sends
+//! carry the epoch it took: a driver that lost the run (a frozen replica that wakes up)
+//! finds its writes fenced off. On a store that serves one
 //! scheduler per database (`exclusive`: SQLite) every lease is the caller's to take, so
 //! a restart resumes at once.
 
@@ -15,9 +15,9 @@ use crate::model::DispatchJob;
 use crate::store::StoreError;
 
 /// Takes the lease of an in-flight run for `owner` until `until_ms` when nobody holds it,
-/// `owner` already does, it expired before `now_ms` and its owner is not alive then
-/// or the store is exclusive. Returns the new epoch, or `None` when the
-/// run is final, gone, or another owner's.
+/// `owner` already does, it expired before `now_ms` and its owner is not alive then, or
+/// the store is exclusive. Returns the new epoch, or `None` when the run is final, gone,
+/// or another owner's.
 pub async fn take(
     conn: &mut dyn Conn,
     run_id: &str,
@@ -99,10 +99,10 @@ pub async fn live_peers(conn: &mut dyn Conn, owner: &str, now_ms: i64) -> Result
 }
 
 /// In-flight runs `owner` may drive, oldest due first: its own, those whose lease
-/// expired before `now_ms` with their owner not alive then, and those nobody took (their writer died between commit and
-/// dispatch) once they were written before `unowned_before_ms` — or at once when no
-/// other replica is alive to be their writer (a lone scheduler restarting). Every one on
-/// an exclusive store.
+/// expired before `now_ms` with their owner not alive then, and those nobody took (their
+/// writer died between commit and dispatch) once they were written before
+/// `unowned_before_ms` — or at once when no other replica is alive to be their writer (a
+/// lone scheduler restarting). Every one on an exclusive store.
 pub async fn drivable(
     conn: &mut dyn Conn,
     owner: &str,
